@@ -1,0 +1,119 @@
+"""Assembles and runs the server: model, service, gRPC ports, health, reflection, signals.
+
+Lifecycle: health NOT_SERVING -> model loaded and warmed up -> SERVING -> (SIGTERM/SIGINT)
+NOT_SERVING, stop accepting calls, let in-flight calls finish within grace_seconds, drain the
+batcher, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import structlog
+from facedet.v1 import face_detector_pb2 as pb
+from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from facedet_server import __version__
+from facedet_server.backends import load_backend
+from facedet_server.batcher import BatcherConfig
+from facedet_server.config import ServerConfig
+from facedet_server.detector import Detector, Limits
+from facedet_server.modelfiles import resolve_model
+from facedet_server.options import Options
+from facedet_server.service import DetectionService
+from facedet_server.servicer import FaceDetectorServicer, model_info
+
+log = structlog.get_logger("facedet.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FaceDetector"].full_name
+
+
+def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
+    backend = load_backend(
+        config.backend,
+        model_path,
+        max_batch=config.max_batch,
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+        device=config.device,
+    )
+    detector = Detector(backend, Limits(config.max_pixels, config.max_faces), config.input_size)
+    batcher_config = BatcherConfig(config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers)
+    defaults = Options(config.min_confidence, config.iou_threshold, config.max_faces, 0.0)
+    return DetectionService(detector, batcher_config, defaults, config.decode_threads)
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Several front-end processes may share one port (see docs/architecture.md).
+        ("grpc.so_reuseport", 1),
+    ]
+
+
+async def _log_summaries(service: DetectionService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        log.info("summary", interval_s=interval, queue_depth=service.batcher.depth, **service.take_stats().summary())
+
+
+async def serve(config: ServerConfig) -> None:
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    server = grpc.aio.server(options=grpc_options(config))
+    servicer = FaceDetectorServicer(config.stream_window)
+    pb_grpc.add_FaceDetectorServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    for address in config.listen:
+        if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+            raise RuntimeError(f"could not listen on {address}")
+    # Ports open before the model loads, so orchestrators see NOT_SERVING rather than a refused
+    # connection while a large model loads and warms up.
+    await server.start()
+    log.info("listening", addresses=config.listen, version=__version__, config=config.__dict__)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    started = time.perf_counter()
+    model_path = await asyncio.to_thread(resolve_model, config.model)
+    service = await asyncio.to_thread(build_service, config, model_path)
+    await asyncio.to_thread(service.detector.warm_up)
+    service.start()
+    info = model_info(service, config.max_message_bytes, config.max_queue)
+    servicer.ready(service, info)
+    log.info(
+        "model_loaded", model=str(model_path), name=info.name, backend=info.backend,
+        provider=info.execution_provider, input=f"{info.input_width}x{info.input_height}",
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving")
+
+    summaries = None
+    if config.summary_interval > 0:
+        summaries = asyncio.create_task(_log_summaries(service, config.summary_interval))
+    await stop.wait()
+
+    log.info("draining", grace_seconds=config.grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_seconds)
+    await service.close(drain=True)
+    if summaries is not None:
+        summaries.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await summaries
+    log.info("stopped", **service.take_stats().summary())

@@ -1,0 +1,59 @@
+"""Model runtimes behind one interface (`Backend`), chosen by `load_backend`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import structlog
+
+from facedet_server.backends.base import Backend
+
+log = structlog.get_logger("facedet.backends")
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose_backend(requested: str, model_path: Path) -> tuple[str, str]:
+    """(backend, reason) for --backend; `auto` prefers TensorRT, then torch-CUDA, then ORT CPU."""
+    if requested != "auto":
+        return requested, "requested"
+    if model_path.suffix in (".plan", ".engine"):
+        return "tensorrt", f"{model_path.name} is a TensorRT engine"
+    if model_path.suffix == ".onnx" and _cuda_available():
+        return "torch", "a CUDA GPU and torch are present"
+    return "onnxruntime", "no TensorRT engine given and no CUDA GPU with torch; running on the CPU"
+
+
+def load_backend(
+    requested: str,
+    model_path: Path,
+    *,
+    max_batch: int,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 1,
+    device: str = "cuda:0",
+) -> Backend:
+    name, reason = choose_backend(requested, model_path)
+    log.info("backend_chosen", backend=name, reason=reason, model=str(model_path))
+    if name == "onnxruntime":
+        from facedet_server.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_path, intra_op_threads, inter_op_threads, max_batch)
+    if name == "torch":
+        from facedet_server.backends.torch_cuda import TorchCudaBackend
+
+        return TorchCudaBackend(model_path, max_batch=max_batch, device=device)
+    if name == "tensorrt":
+        try:
+            from facedet_trt.backend import TensorRTBackend
+        except ImportError as exc:
+            raise RuntimeError(f"the tensorrt backend needs TensorRT and cuda-python: {exc}") from None
+        return TensorRTBackend(model_path, max_batch=max_batch, device=device)
+    raise ValueError(f"unknown backend {name!r}")

@@ -1,0 +1,147 @@
+"""Dynamic batching: requests from all calls and streams share one bounded queue, and workers
+take up to `max_batch` of them at a time, waiting at most `max_delay_ms` for a batch to fill.
+
+The batcher is generic: it knows nothing of images or models, only "a list of items in, a list
+of results (or exceptions) out", run on an executor so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from facedet_server.errors import Overloaded, Unavailable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    max_queue: int = 256  # requests waiting (not yet in a batch) before new ones are refused
+    workers: int = 1  # batches in flight at once (2+ overlaps host work with a GPU batch)
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    enqueued: float
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        process: Callable[[Sequence[T]], Sequence[R]],
+        executor: Executor,
+        config: BatcherConfig,
+        on_start: Callable[[T, float], None] | None = None,
+    ) -> None:
+        """`process` maps a batch to results of the same length, or raises for the whole batch.
+        `on_start(item, seconds_queued)` is called as each item's batch starts."""
+        if config.max_batch < 1 or config.max_queue < 1 or config.workers < 1 or config.max_delay_ms < 0:
+            raise ValueError(f"invalid batcher config {config}")
+        self._process = process
+        self._executor = executor
+        self.config = config
+        self._on_start = on_start
+        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+        self.items = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work(), name=f"batcher-{i}") for i in range(self.config.workers)]
+
+    async def submit(self, item: T) -> R:
+        """Queue one item and wait for its result; RESOURCE_EXHAUSTED when the queue is full."""
+        if self._closing:
+            raise Unavailable("server is shutting down; retry on another instance")
+        if self._queue.qsize() >= self.config.max_queue:
+            raise Overloaded(
+                f"server is overloaded: {self._queue.qsize()} requests already queued (limit "
+                f"{self.config.max_queue}); retry with backoff"
+            )
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(item, future, time.perf_counter()))
+        self._idle.clear()
+        return await future
+
+    async def _next_batch(self) -> list[_Pending[T, R]]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.config.max_delay_ms / 1000
+        while len(batch) < self.config.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            # A caller that gave up (cancelled RPC) no longer needs its slot in the batch.
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                self._mark_idle()
+                continue
+            self._in_flight += len(batch)
+            started = time.perf_counter()
+            items = [p.item for p in batch]
+            if self._on_start is not None:
+                for p in batch:
+                    self._on_start(p.item, started - p.enqueued)
+            try:
+                results = await loop.run_in_executor(self._executor, self._process, items)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
+                for p, result in zip(batch, results, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(result)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            finally:
+                self._in_flight -= len(batch)
+                self.batches += 1
+                self.items += len(batch)
+                self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        if self._queue.empty() and self._in_flight == 0:
+            self._idle.set()
+
+    async def close(self, drain: bool = True) -> None:
+        """Refuse new items; with drain, finish every queued and running one first."""
+        self._closing = True
+        if drain:
+            await self._idle.wait()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("server shut down before this request ran"))

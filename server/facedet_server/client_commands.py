@@ -1,0 +1,6 @@
+"""placeholder; being written"""
+import argparse
+
+
+def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    pass

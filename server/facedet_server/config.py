@@ -1,0 +1,149 @@
+"""Server configuration: one table of settings, each a CLI flag with a FACEDET_* environment twin.
+
+A flag on the command line wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # attribute on ServerConfig; flag is --name-with-dashes, env FACEDET_NAME
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+    repeatable: bool = False
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "FACEDET_" + self.name.upper()
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("model", None, "model file (.onnx, or .plan with its .json sidecar) or a registry name; "
+            "default: yolov5n-0.5, fetched into the cache if missing"),
+    Setting("listen", ["0.0.0.0:50051"], "address to serve on: HOST:PORT or unix:///path/to.sock; repeat "
+            "for several (env: comma-separated)", repeatable=True),
+    Setting("backend", "auto", "model runtime; auto picks tensorrt for a .plan, torch when a CUDA GPU "
+            "and torch are present, else onnxruntime", choices=("auto", "onnxruntime", "torch", "tensorrt")),
+    Setting("input_size", 640, "network input size: the long side for models with dynamic shapes", int),
+    Setting("max_batch", 8, "most images in one model run", int),
+    Setting("max_delay_ms", 2.0, "longest wait for a batch to fill before it runs", float),
+    Setting("max_queue", 256, "requests waiting for a batch before new ones get RESOURCE_EXHAUSTED", int),
+    Setting("batch_workers", 1, "batches in flight at once (2 overlaps host work with GPU work)", int),
+    Setting("decode_threads", 0, "threads decoding and letterboxing images (0 = number of CPUs)", int),
+    Setting("intra_op_threads", 0, "ONNX Runtime threads inside one operator (0 = its default)", int),
+    Setting("inter_op_threads", 1, "ONNX Runtime threads across operators", int),
+    Setting("stream_window", 16, "frames of one stream processed at once (pipelining depth)", int),
+    Setting("max_message_bytes", 16 * 1024 * 1024, "largest request message; larger gets RESOURCE_EXHAUSTED",
+            int),
+    Setting("max_pixels", 50_000_000, "largest image (width*height), checked before decoding", int),
+    Setting("max_faces", 1000, "most faces per image a request may ask for", int),
+    Setting("min_confidence", 0.5, "default confidence threshold for requests that leave it at 0", float),
+    Setting("iou_threshold", 0.5, "default NMS IoU threshold for requests that leave it at 0", float),
+    Setting("grace_seconds", 10.0, "on SIGTERM, how long in-flight calls may finish before being cut", float),
+    Setting("log_format", "auto", "log format: json, console, or auto (console on a TTY, else json)",
+            choices=("auto", "json", "console")),
+    Setting("log_level", "info", "log level", choices=("debug", "info", "warning", "error")),
+    Setting("summary_interval", 60.0, "seconds between summary log lines (0 = off)", float),
+    Setting("device", "cuda:0", "GPU for the torch and tensorrt backends"),
+    Setting("gpu_decode", "auto", "decode JPEGs on the GPU with nvJPEG (torch backend): auto, on, off",
+            choices=("auto", "on", "off")),
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str | None = None
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:50051"])
+    backend: str = "auto"
+    input_size: int = 640
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    batch_workers: int = 1
+    decode_threads: int = 0
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    stream_window: int = 16
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_faces: int = 1000
+    min_confidence: float = 0.5
+    iou_threshold: float = 0.5
+    grace_seconds: float = 10.0
+    log_format: str = "auto"
+    log_level: str = "info"
+    summary_interval: float = 60.0
+    device: str = "cuda:0"
+    gpu_decode: str = "auto"
+
+
+assert {s.name for s in SETTINGS} == {f.name for f in fields(ServerConfig)}, "SETTINGS and ServerConfig differ"
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+    env = os.environ if environ is None else environ
+    for s in SETTINGS:
+        default = s.default
+        if s.env in env:
+            raw = env[s.env]
+            default = [part.strip() for part in raw.split(",") if part.strip()] if s.repeatable else s.parse(raw)
+        shown = ", ".join(s.default) if isinstance(s.default, list) else s.default
+        help_text = f"{s.help} [env {s.env}; default {shown}]"
+        if s.repeatable:
+            parser.add_argument(s.flag, dest=s.name, action="append", default=None, help=help_text)
+            parser.set_defaults(**{f"_{s.name}_default": default})
+        else:
+            parser.add_argument(s.flag, dest=s.name, type=s.parse, default=default, choices=s.choices,
+                                help=help_text)
+
+
+def from_args(args: argparse.Namespace) -> ServerConfig:
+    values = {}
+    for s in SETTINGS:
+        value = getattr(args, s.name)
+        if s.repeatable and value is None:
+            value = getattr(args, f"_{s.name}_default")
+        values[s.name] = value
+    config = ServerConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: ServerConfig) -> None:
+    problems = []
+    for name in ("max_batch", "max_queue", "batch_workers", "stream_window", "max_message_bytes",
+                 "max_pixels", "max_faces", "input_size"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be >= 1")
+    if config.input_size % 32:
+        problems.append("input_size must be a multiple of 32")
+    for name in ("min_confidence", "iou_threshold"):
+        if not 0 < getattr(config, name) <= 1:
+            problems.append(f"{name} must be in (0, 1]")
+    if config.max_delay_ms < 0:
+        problems.append("max_delay_ms must be >= 0")
+    if not config.listen:
+        problems.append("at least one --listen address is needed")
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))

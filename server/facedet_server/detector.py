@@ -1,0 +1,158 @@
+"""The detection pipeline, stage by stage: bytes -> image -> tensor -> raw output -> faces.
+
+`Detector` owns a backend and the limits, and exposes the three stages the server schedules
+separately (`prepare` on a decode thread pool, `infer_batch` on the inference thread, results
+back to the caller) plus `detect`, which runs them in a row for tests and in-process benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facedet_server.backends.base import Backend
+from facedet_server.decode import DecodedImage, decode_encoded, decode_raw
+from facedet_server.faces import select_faces
+from facedet_server.heads import decode_heads
+from facedet_server.letterbox import Letterbox, input_shape_for, letterbox, to_tensor
+from facedet_server.options import Options
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    width: int
+    height: int
+    pixel_format: str  # "RGB8", "BGR8", "GRAY8"
+    data: bytes
+
+
+ImageInput = EncodedImage | RawFrame
+
+
+@dataclass
+class Timing:
+    """Microseconds per stage for one image (see the Timing message in the .proto)."""
+
+    decode_us: int = 0
+    queue_us: int = 0
+    inference_us: int = 0
+    postprocess_us: int = 0
+    total_us: int = 0
+    batch_size: int = 0
+
+
+@dataclass
+class Prepared:
+    """An image letterboxed to the network input, with the map back to the client's pixels."""
+
+    canvas: np.ndarray  # (h, w, 3) uint8
+    transform: Letterbox
+    width: int
+    height: int
+    options: Options
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True)
+class Detection:
+    faces: np.ndarray  # (M, 15) float32: box corners, score, 5 landmarks (x, y), client pixels
+    width: int
+    height: int
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 50_000_000
+    max_faces: int = 1000
+
+
+def _us(start: float) -> int:
+    return int((time.perf_counter() - start) * 1e6)
+
+
+class Detector:
+    def __init__(self, backend: Backend, limits: Limits | None = None, input_size: int = 640) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.limits = limits or Limits()
+        spec = self.spec
+        self.fixed_shape = None if spec.dynamic_shape else (spec.input_width or 0, spec.input_height or 0)
+        self.input_size = input_size
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """The largest network input (width, height) this detector feeds the model."""
+        return self.fixed_shape or (self.input_size, self.input_size)
+
+    def decode(self, image: ImageInput) -> DecodedImage:
+        if isinstance(image, EncodedImage):
+            return decode_encoded(image.data, self.limits.max_pixels, target=self.input_shape)
+        return decode_raw(image.width, image.height, image.pixel_format, image.data, self.limits.max_pixels)
+
+    def prepare(self, image: ImageInput, options: Options) -> Prepared:
+        """Decode and letterbox; CPU work that releases the GIL, run on the decode pool."""
+        start = time.perf_counter()
+        decoded = self.decode(image)
+        target_w, target_h = input_shape_for(
+            decoded.width, decoded.height, self.fixed_shape, self.input_size, self.spec.size_multiple
+        )
+        canvas, transform = letterbox(
+            decoded.pixels, target_w, target_h, self.spec.pad_value, (decoded.scale_x, decoded.scale_y)
+        )
+        prepared = Prepared(canvas, transform, decoded.width, decoded.height, options)
+        prepared.timing.decode_us = _us(start)
+        return prepared
+
+    def infer_batch(self, items: Sequence[Prepared]) -> list[Detection]:
+        """Run the model on images of any shapes: images of one input shape share a model call."""
+        results: dict[int, Detection] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(items):
+            by_shape.setdefault(item.canvas.shape, []).append(index)
+        for indices in by_shape.values():
+            for first in range(0, len(indices), self.backend.max_batch):
+                chunk = indices[first : first + self.backend.max_batch]
+                for index, detection in zip(chunk, self._run_chunk([items[i] for i in chunk]), strict=True):
+                    results[index] = detection
+        return [results[i] for i in range(len(items))]
+
+    def _run_chunk(self, items: list[Prepared]) -> list[Detection]:
+        start = time.perf_counter()
+        h, w = items[0].canvas.shape[:2]
+        batch = np.empty((len(items), 3, h, w), np.float32)
+        for slot, item in zip(batch, items, strict=True):
+            to_tensor(item.canvas, slot, self.spec.scale)
+        candidates = decode_heads(self.backend.run(batch), self.spec)
+        inference_us = _us(start)
+        detections = []
+        for item, cands in zip(items, candidates, strict=True):
+            post_start = time.perf_counter()
+            faces = select_faces(cands, item.options, item.transform, item.width, item.height)
+            timing = item.timing
+            timing.inference_us = inference_us
+            timing.postprocess_us = _us(post_start)
+            timing.batch_size = len(items)
+            detections.append(Detection(faces, item.width, item.height, timing))
+        return detections
+
+    def detect(self, image: ImageInput, options: Options | None = None) -> Detection:
+        """All stages in a row on the calling thread."""
+        start = time.perf_counter()
+        (detection,) = self.infer_batch([self.prepare(image, options or Options())])
+        detection.timing.total_us = _us(start)
+        return detection
+
+    def warm_up(self) -> None:
+        """One run at every input shape the server uses first, so the first client pays nothing."""
+        w, h = self.input_shape
+        frame = RawFrame(w, h, "RGB8", np.full((h, w, 3), 114, np.uint8).tobytes())
+        self.detect(frame)

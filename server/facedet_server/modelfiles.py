@@ -1,0 +1,129 @@
+"""Model files: the pinned registry, the cache, the offline mirror, download with sha256 check.
+
+Lookup order for `facedet models pull NAME` and for serving without --model:
+1. $FACEDET_MODEL_DIR/<file> (an offline mirror, e.g. ../shared/models), verified by sha256;
+2. the cache, $FACEDET_HOME/models/<file> (default ~/.cache/facedet/models), verified by sha256;
+3. download from the pinned URL into the cache, verified by sha256 before it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    license: str
+
+
+REGISTRY: dict[str, ModelFile] = {
+    "yolov5n-0.5": ModelFile(
+        name="yolov5n-0.5",
+        filename="yolov5n-0.5.onnx",
+        url=(
+            "https://raw.githubusercontent.com/deepcam-cn/yolov5-face/"
+            "b8d9b0bbb33f5c0d96a2bec770470f5389d46f1c/torch2tensorrt/yolov5n-0.5.onnx"
+        ),
+        sha256="ffeda7b88900bd8fb3c3cd71876d199aca389a1378d11e07d22faf4c5fc6b4ae",
+        license="GPL-3.0 (deepcam-cn/yolov5-face)",
+    ),
+}
+DEFAULT_MODEL = "yolov5n-0.5"
+
+
+class ModelFileError(Exception):
+    """The model file could not be found, fetched or verified; the message says what to do."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def facedet_home() -> Path:
+    return Path(os.environ.get("FACEDET_HOME") or Path.home() / ".cache" / "facedet")
+
+
+def cache_path(entry: ModelFile, home: Path | None = None) -> Path:
+    return (home or facedet_home()) / "models" / entry.filename
+
+
+def _verified(path: Path, entry: ModelFile) -> bool:
+    if not path.is_file():
+        return False
+    actual = sha256_of(path)
+    if actual != entry.sha256:
+        raise ModelFileError(
+            f"{path} has sha256 {actual}, but {entry.name} must have {entry.sha256}; "
+            "delete or replace the file"
+        )
+    return True
+
+
+def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
+    """Fetch url to dest atomically, keeping it only when its sha256 matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ModelFileError(
+                f"download from {url} has sha256 {digest.hexdigest()}, expected {sha256}; refusing it"
+            )
+        tmp.replace(dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pull(name: str, home: Path | None = None, mirror: Path | None = None, url: str | None = None) -> Path:
+    """Path to a verified local copy of a registry model, fetching it if needed."""
+    if name not in REGISTRY:
+        raise ModelFileError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    entry = REGISTRY[name]
+    mirror_dir = mirror if mirror is not None else os.environ.get("FACEDET_MODEL_DIR")
+    if mirror_dir:
+        candidate = Path(mirror_dir) / entry.filename
+        if _verified(candidate, entry):
+            return candidate
+    cached = cache_path(entry, home)
+    if _verified(cached, entry):
+        return cached
+    source = url or entry.url
+    try:
+        return download(source, cached, entry.sha256)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise ModelFileError(
+            f"could not download {entry.name} from {source}: {exc}. Without internet, copy "
+            f"{entry.filename} (sha256 {entry.sha256}) into {cached.parent} or into a folder named by "
+            "FACEDET_MODEL_DIR, or pass --model PATH"
+        ) from None
+
+
+def resolve_model(model: str | None) -> Path:
+    """--model / FACEDET_MODEL: a path to a file, or a registry name to pull; default yolov5n-0.5."""
+    value = model or os.environ.get("FACEDET_MODEL") or DEFAULT_MODEL
+    if value in REGISTRY:
+        return pull(value)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist (known names: {', '.join(sorted(REGISTRY))})")
+    return path
