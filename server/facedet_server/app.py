@@ -18,6 +18,7 @@ import structlog
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from facedet_server import __version__
@@ -44,7 +45,9 @@ def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
         device=config.device,
     )
     detector = Detector(backend, Limits(config.max_pixels, config.max_faces), config.input_size)
-    batcher_config = BatcherConfig(config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers)
+    batcher_config = BatcherConfig(
+        config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers
+    )
     defaults = Options(config.min_confidence, config.iou_threshold, config.max_faces, 0.0)
     return DetectionService(detector, batcher_config, defaults, config.decode_threads)
 
@@ -61,11 +64,16 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 async def _log_summaries(service: DetectionService, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        log.info("summary", interval_s=interval, queue_depth=service.batcher.depth, **service.take_stats().summary())
+        log.info(
+            "summary",
+            interval_s=interval,
+            queue_depth=service.batcher.depth,
+            **service.take_stats().summary(),
+        )
 
 
 async def serve(config: ServerConfig) -> None:
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -95,8 +103,12 @@ async def serve(config: ServerConfig) -> None:
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)
     log.info(
-        "model_loaded", model=str(model_path), name=info.name, backend=info.backend,
-        provider=info.execution_provider, input=f"{info.input_width}x{info.input_height}",
+        "model_loaded",
+        model=str(model_path),
+        name=info.name,
+        backend=info.backend,
+        provider=info.execution_provider,
+        input=f"{info.input_width}x{info.input_height}",
         seconds=round(time.perf_counter() - started, 2),
     )
     for name in ("", SERVICE_NAME):

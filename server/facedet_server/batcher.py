@@ -38,12 +38,13 @@ class _Pending(Generic[T, R]):
 class Batcher(Generic[T, R]):
     def __init__(
         self,
-        process: Callable[[Sequence[T]], Sequence[R]],
+        process: Callable[[Sequence[T]], Sequence[R | BaseException]],
         executor: Executor,
         config: BatcherConfig,
         on_start: Callable[[T, float], None] | None = None,
     ) -> None:
-        """`process` maps a batch to results of the same length, or raises for the whole batch.
+        """`process` maps a batch to results of the same length (an exception in a slot fails
+        only that item), or raises to fail the whole batch.
         `on_start(item, seconds_queued)` is called as each item's batch starts."""
         if config.max_batch < 1 or config.max_queue < 1 or config.workers < 1 or config.max_delay_ms < 0:
             raise ValueError(f"invalid batcher config {config}")
@@ -65,7 +66,9 @@ class Batcher(Generic[T, R]):
         return self._queue.qsize()
 
     def start(self) -> None:
-        self._workers = [asyncio.create_task(self._work(), name=f"batcher-{i}") for i in range(self.config.workers)]
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher-{i}") for i in range(self.config.workers)
+        ]
 
     async def submit(self, item: T) -> R:
         """Queue one item and wait for its result; RESOURCE_EXHAUSTED when the queue is full."""
@@ -117,7 +120,11 @@ class Batcher(Generic[T, R]):
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
                 for p, result in zip(batch, results, strict=True):
-                    if not p.future.done():
+                    if p.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        p.future.set_exception(result)
+                    else:
                         p.future.set_result(result)
             except Exception as exc:
                 for p in batch:

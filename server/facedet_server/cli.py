@@ -62,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facedet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the gRPC server",
-                           description="Run the FaceDetector gRPC server. Every flag has a FACEDET_* "
-                           "environment variable; the flag wins.")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the FaceDetector gRPC server. Every flag has a FACEDET_* "
+        "environment variable; the flag wins.",
+    )
     config.add_arguments(serve)
     serve.set_defaults(func=_serve)
 
@@ -72,14 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     models_sub.add_parser("list", help="known models and whether they are cached")
     pull = models_sub.add_parser(
-        "pull", help="fetch a model into the cache ($FACEDET_HOME, default ~/.cache/facedet), checking sha256",
+        "pull",
+        help="fetch a model into the cache ($FACEDET_HOME, default ~/.cache/facedet), checking sha256",
         description="Looks in $FACEDET_MODEL_DIR first (an offline mirror), then the cache, then downloads "
         "from the pinned URL; a file whose sha256 differs is refused.",
     )
     pull.add_argument("name", help="model name, e.g. yolov5n-0.5")
     pull.add_argument("--url", help="download from this URL instead of the pinned one (same sha256 required)")
-    pull.add_argument("--export", action="store_true",
-                      help="also convert it to our dynamic-shape ONNX (needs facedet[convert])")
+    pull.add_argument(
+        "--export",
+        action="store_true",
+        help="also convert it to our dynamic-shape ONNX (needs facedet[convert])",
+    )
     models.set_defaults(func=_models)
 
     from facedet_server import bench, client_commands
@@ -91,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         convert_cli = None  # type: ignore[assignment]
     if convert_cli is not None:
-        convert = sub.add_parser("convert", help="import upstream weights, export ONNX, build TensorRT engines")
+        convert = sub.add_parser(
+            "convert", help="import upstream weights, export ONNX, build TensorRT engines"
+        )
         convert_cli.add_arguments(convert)
         convert.set_defaults(func=convert_cli.run)
     return parser

@@ -39,12 +39,25 @@ def _bool(text: str) -> bool:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("model", None, "model file (.onnx, or .plan with its .json sidecar) or a registry name; "
-            "default: yolov5n-0.5, fetched into the cache if missing"),
-    Setting("listen", ["0.0.0.0:50051"], "address to serve on: HOST:PORT or unix:///path/to.sock; repeat "
-            "for several (env: comma-separated)", repeatable=True),
-    Setting("backend", "auto", "model runtime; auto picks tensorrt for a .plan, torch when a CUDA GPU "
-            "and torch are present, else onnxruntime", choices=("auto", "onnxruntime", "torch", "tensorrt")),
+    Setting(
+        "model",
+        None,
+        "model file (.onnx, or .plan with its .json sidecar) or a registry name; "
+        "default: yolov5n-0.5, fetched into the cache if missing",
+    ),
+    Setting(
+        "listen",
+        ["0.0.0.0:50051"],
+        "address to serve on: HOST:PORT or unix:///path/to.sock; repeat for several (env: comma-separated)",
+        repeatable=True,
+    ),
+    Setting(
+        "backend",
+        "auto",
+        "model runtime; auto picks tensorrt for a .plan, torch when a CUDA GPU "
+        "and torch are present, else onnxruntime",
+        choices=("auto", "onnxruntime", "torch", "tensorrt"),
+    ),
     Setting("input_size", 640, "network input size: the long side for models with dynamic shapes", int),
     Setting("max_batch", 8, "most images in one model run", int),
     Setting("max_delay_ms", 2.0, "longest wait for a batch to fill before it runs", float),
@@ -54,20 +67,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("intra_op_threads", 0, "ONNX Runtime threads inside one operator (0 = its default)", int),
     Setting("inter_op_threads", 1, "ONNX Runtime threads across operators", int),
     Setting("stream_window", 16, "frames of one stream processed at once (pipelining depth)", int),
-    Setting("max_message_bytes", 16 * 1024 * 1024, "largest request message; larger gets RESOURCE_EXHAUSTED",
-            int),
+    Setting(
+        "max_message_bytes", 16 * 1024 * 1024, "largest request message; larger gets RESOURCE_EXHAUSTED", int
+    ),
     Setting("max_pixels", 50_000_000, "largest image (width*height), checked before decoding", int),
     Setting("max_faces", 1000, "most faces per image a request may ask for", int),
     Setting("min_confidence", 0.5, "default confidence threshold for requests that leave it at 0", float),
     Setting("iou_threshold", 0.5, "default NMS IoU threshold for requests that leave it at 0", float),
     Setting("grace_seconds", 10.0, "on SIGTERM, how long in-flight calls may finish before being cut", float),
-    Setting("log_format", "auto", "log format: json, console, or auto (console on a TTY, else json)",
-            choices=("auto", "json", "console")),
+    Setting(
+        "log_format",
+        "auto",
+        "log format: json, console, or auto (console on a TTY, else json)",
+        choices=("auto", "json", "console"),
+    ),
     Setting("log_level", "info", "log level", choices=("debug", "info", "warning", "error")),
     Setting("summary_interval", 60.0, "seconds between summary log lines (0 = off)", float),
     Setting("device", "cuda:0", "GPU for the torch and tensorrt backends"),
-    Setting("gpu_decode", "auto", "decode JPEGs on the GPU with nvJPEG (torch backend): auto, on, off",
-            choices=("auto", "on", "off")),
+    Setting(
+        "gpu_decode",
+        "auto",
+        "decode JPEGs on the GPU with nvJPEG (torch backend): auto, on, off",
+        choices=("auto", "on", "off"),
+    ),
 )
 
 
@@ -98,7 +120,9 @@ class ServerConfig:
     gpu_decode: str = "auto"
 
 
-assert {s.name for s in SETTINGS} == {f.name for f in fields(ServerConfig)}, "SETTINGS and ServerConfig differ"
+assert {s.name for s in SETTINGS} == {f.name for f in fields(ServerConfig)}, (
+    "SETTINGS and ServerConfig differ"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
@@ -107,15 +131,18 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
         default = s.default
         if s.env in env:
             raw = env[s.env]
-            default = [part.strip() for part in raw.split(",") if part.strip()] if s.repeatable else s.parse(raw)
+            default = (
+                [part.strip() for part in raw.split(",") if part.strip()] if s.repeatable else s.parse(raw)
+            )
         shown = ", ".join(s.default) if isinstance(s.default, list) else s.default
         help_text = f"{s.help} [env {s.env}; default {shown}]"
         if s.repeatable:
             parser.add_argument(s.flag, dest=s.name, action="append", default=None, help=help_text)
             parser.set_defaults(**{f"_{s.name}_default": default})
         else:
-            parser.add_argument(s.flag, dest=s.name, type=s.parse, default=default, choices=s.choices,
-                                help=help_text)
+            parser.add_argument(
+                s.flag, dest=s.name, type=s.parse, default=default, choices=s.choices, help=help_text
+            )
 
 
 def from_args(args: argparse.Namespace) -> ServerConfig:
@@ -132,8 +159,16 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
 
 def validate(config: ServerConfig) -> None:
     problems = []
-    for name in ("max_batch", "max_queue", "batch_workers", "stream_window", "max_message_bytes",
-                 "max_pixels", "max_faces", "input_size"):
+    for name in (
+        "max_batch",
+        "max_queue",
+        "batch_workers",
+        "stream_window",
+        "max_message_bytes",
+        "max_pixels",
+        "max_faces",
+        "input_size",
+    ):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be >= 1")
     if config.input_size % 32:

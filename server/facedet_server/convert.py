@@ -21,7 +21,9 @@ def image_from_request(request: pb.DetectFacesRequest) -> ImageInput:
     if kind == "raw":
         raw = request.raw
         if raw.format not in _PIXEL_FORMATS:
-            name = pb.PixelFormat.Name(raw.format) if raw.format in pb.PixelFormat.values() else str(raw.format)
+            name = (
+                pb.PixelFormat.Name(raw.format) if raw.format in pb.PixelFormat.values() else str(raw.format)
+            )
             raise InvalidImage(f"raw.format {name} is not supported; use PIXEL_FORMAT_RGB8, _BGR8 or _GRAY8")
         return RawFrame(raw.width, raw.height, _PIXEL_FORMATS[raw.format], raw.data)
     raise InvalidImage("request has no image: set `encoded` (JPEG/PNG bytes) or `raw`")

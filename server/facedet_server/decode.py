@@ -76,7 +76,9 @@ def decode_jpeg(data: bytes, max_pixels: int, target: tuple[int, int] | None = N
     out_w, out_h = math.ceil(width * m / 8), math.ceil(height * m / 8)
     try:
         if colorspace == "CMYK":
-            pixels = _cmyk_to_rgb(simplejpeg.decode_jpeg(data, colorspace="CMYK", min_width=out_w, min_height=out_h))
+            pixels = _cmyk_to_rgb(
+                simplejpeg.decode_jpeg(data, colorspace="CMYK", min_width=out_w, min_height=out_h)
+            )
         else:
             pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=out_w, min_height=out_h)
     except ValueError as exc:
@@ -91,7 +93,9 @@ def decode_jpeg(data: bytes, max_pixels: int, target: tuple[int, int] | None = N
 def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
     # Adobe CMYK JPEGs store inverted ink values, so the product form needs no 255 - x.
     c, m, y, k = (cmyk[..., i].astype(np.uint16) for i in range(4))
-    return np.ascontiguousarray(np.stack([c * k // 255, m * k // 255, y * k // 255], axis=-1).astype(np.uint8))
+    return np.ascontiguousarray(
+        np.stack([c * k // 255, m * k // 255, y * k // 255], axis=-1).astype(np.uint8)
+    )
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -139,6 +143,7 @@ def decode_raw(width: int, height: int, pixel_format: str, data: bytes, max_pixe
             f"{width}*{height}*{channels} = {expected}"
         )
     array = np.frombuffer(data, np.uint8).reshape(height, width, channels)
+    pixels: np.ndarray
     if pixel_format == "RGB8":
         pixels = array
     elif pixel_format == "BGR8":

@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from facedet_server.backends.base import Backend
 from facedet_server.decode import DecodedImage, decode_encoded, decode_raw
+from facedet_server.errors import DetectError
 from facedet_server.faces import select_faces
 from facedet_server.heads import decode_heads
 from facedet_server.letterbox import Letterbox, input_shape_for, letterbox, to_tensor
+from facedet_server.model_spec import ModelSpec
 from facedet_server.options import Options
 
 
@@ -79,6 +82,33 @@ def _us(start: float) -> int:
     return int((time.perf_counter() - start) * 1e6)
 
 
+def decode_image(image: ImageInput, max_pixels: int, target: tuple[int, int] | None) -> DecodedImage:
+    """Either kind of input -> RGB pixels; `target` (w, h) allows a DCT-reduced JPEG decode."""
+    if isinstance(image, EncodedImage):
+        return decode_encoded(image.data, max_pixels, target=target)
+    return decode_raw(image.width, image.height, image.pixel_format, image.data, max_pixels)
+
+
+class Pipeline(Protocol):
+    """What the service schedules: `prepare` on the decode pool, `infer_batch` on an inference
+    thread. `Detector` (host pre/post-processing, any backend) and `GpuDetector` implement it."""
+
+    backend: Backend
+    spec: ModelSpec
+    limits: Limits
+
+    @property
+    def input_shape(self) -> tuple[int, int]: ...
+
+    def prepare(self, image: ImageInput, options: Options) -> Any: ...
+
+    def infer_batch(self, items: Sequence[Any]) -> Sequence[Detection | DetectError]: ...
+
+    def detect(self, image: ImageInput, options: Options | None = None) -> Detection: ...
+
+    def warm_up(self) -> None: ...
+
+
 class Detector:
     def __init__(self, backend: Backend, limits: Limits | None = None, input_size: int = 640) -> None:
         self.backend = backend
@@ -93,15 +123,10 @@ class Detector:
         """The largest network input (width, height) this detector feeds the model."""
         return self.fixed_shape or (self.input_size, self.input_size)
 
-    def decode(self, image: ImageInput) -> DecodedImage:
-        if isinstance(image, EncodedImage):
-            return decode_encoded(image.data, self.limits.max_pixels, target=self.input_shape)
-        return decode_raw(image.width, image.height, image.pixel_format, image.data, self.limits.max_pixels)
-
     def prepare(self, image: ImageInput, options: Options) -> Prepared:
         """Decode and letterbox; CPU work that releases the GIL, run on the decode pool."""
         start = time.perf_counter()
-        decoded = self.decode(image)
+        decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
         target_w, target_h = input_shape_for(
             decoded.width, decoded.height, self.fixed_shape, self.input_size, self.spec.size_multiple
         )
@@ -112,9 +137,9 @@ class Detector:
         prepared.timing.decode_us = _us(start)
         return prepared
 
-    def infer_batch(self, items: Sequence[Prepared]) -> list[Detection]:
+    def infer_batch(self, items: Sequence[Prepared]) -> list[Detection | DetectError]:
         """Run the model on images of any shapes: images of one input shape share a model call."""
-        results: dict[int, Detection] = {}
+        results: dict[int, Detection | DetectError] = {}
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(items):
             by_shape.setdefault(item.canvas.shape, []).append(index)
@@ -148,6 +173,8 @@ class Detector:
         """All stages in a row on the calling thread."""
         start = time.perf_counter()
         (detection,) = self.infer_batch([self.prepare(image, options or Options())])
+        if isinstance(detection, DetectError):
+            raise detection
         detection.timing.total_us = _us(start)
         return detection
 

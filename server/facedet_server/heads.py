@@ -16,7 +16,8 @@ CANDIDATE_WIDTH = 15
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return result
 
 
 def decode_head(raw: np.ndarray, stride: int, anchors: np.ndarray, num_landmarks: int = 5) -> np.ndarray:

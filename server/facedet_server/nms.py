@@ -16,7 +16,9 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None
+) -> np.ndarray:
     """Indices of the boxes kept, highest score first. A box is dropped when its IoU with an
     already kept box is strictly greater than iou_threshold (ties in score keep input order)."""
     order = np.argsort(-scores, kind="stable")

@@ -34,7 +34,9 @@ def resolve_options(
     _check_unit("min_confidence", min_confidence)
     _check_unit("iou_threshold", iou_threshold)
     if math.isnan(min_face_size) or min_face_size < 0 or math.isinf(min_face_size):
-        raise InvalidOptions(f"options.min_face_size must be a finite number of pixels >= 0, got {min_face_size}")
+        raise InvalidOptions(
+            f"options.min_face_size must be a finite number of pixels >= 0, got {min_face_size}"
+        )
     if max_faces < 0 or max_faces > max_faces_limit:
         raise InvalidOptions(f"options.max_faces must be between 0 and {max_faces_limit}, got {max_faces}")
     return Options(

@@ -10,11 +10,12 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from facedet_server.batcher import Batcher, BatcherConfig
-from facedet_server.detector import Detection, Detector, ImageInput, Prepared
+from facedet_server.detector import Detection, ImageInput, Pipeline
 from facedet_server.errors import DetectError
 from facedet_server.options import Options, resolve_options
 
@@ -53,26 +54,28 @@ class RequestOptions:
 class DetectionService:
     def __init__(
         self,
-        detector: Detector,
+        detector: Pipeline,
         batcher_config: BatcherConfig,
         defaults: Options,
         decode_threads: int = 0,
     ) -> None:
         self.detector = detector
         self.defaults = defaults
-        self.decode_pool = ThreadPoolExecutor(decode_threads or os.cpu_count() or 1, thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(
+            decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
+        )
         # One thread per batch worker: the backend runs there, never on the event loop.
         self.infer_pool = ThreadPoolExecutor(batcher_config.workers, thread_name_prefix="infer")
-        self.batcher: Batcher[Prepared, Detection] = Batcher(
+        self.batcher: Batcher[Any, Detection] = Batcher(
             self._infer, self.infer_pool, batcher_config, on_start=self._record_queue
         )
         self.stats = Stats()
 
-    def _infer(self, items: Sequence[Prepared]) -> list[Detection]:
+    def _infer(self, items: Sequence[Any]) -> Sequence[Detection | DetectError]:
         return self.detector.infer_batch(items)
 
     @staticmethod
-    def _record_queue(item: Prepared, seconds: float) -> None:
+    def _record_queue(item: Any, seconds: float) -> None:
         item.timing.queue_us = int(seconds * 1e6)
 
     def start(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import structlog
@@ -22,6 +23,7 @@ from facedet_server.errors import Code, DetectError, Unavailable
 from facedet_server.service import DetectionService
 
 log = structlog.get_logger("facedet.servicer")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
@@ -43,9 +45,7 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         detection = await self.service.detect(image, options_from_request(request))
         return detection_to_response(detection, request.frame_id)
 
-    async def DetectFaces(
-        self, request: pb.DetectFacesRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DetectFacesResponse:
+    async def DetectFaces(self, request: pb.DetectFacesRequest, context: Context) -> pb.DetectFacesResponse:
         try:
             return await self._detect(request)
         except DetectError as exc:
@@ -61,20 +61,27 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         try:
             return await self._detect(request)
         except DetectError as exc:
-            log.warning("frame_failed", rpc="StreamDetectFaces", frame_id=request.frame_id,
-                        code=exc.code.value, error=exc.message)
+            log.warning(
+                "frame_failed",
+                rpc="StreamDetectFaces",
+                frame_id=request.frame_id,
+                code=exc.code.value,
+                error=exc.message,
+            )
             return error_response(exc.code.value, exc.message, request.frame_id)
         except Exception:
             log.exception("frame_crashed", rpc="StreamDetectFaces", frame_id=request.frame_id)
             return error_response(Code.INTERNAL.value, "internal error; see the server log", request.frame_id)
 
     async def StreamDetectFaces(
-        self, request_iterator: AsyncIterator[pb.DetectFacesRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.DetectFacesRequest], context: Context
     ) -> AsyncIterator[pb.DetectFacesResponse]:
         # Frames start as they arrive, up to stream_window at once; responses are awaited in
         # arrival order, so pipelining never reorders. The bounded queue is the backpressure:
         # when the window is full, reading stops and HTTP/2 flow control slows the client.
-        pending: asyncio.Queue[asyncio.Task[pb.DetectFacesResponse] | None] = asyncio.Queue(self.stream_window)
+        pending: asyncio.Queue[asyncio.Task[pb.DetectFacesResponse] | None] = asyncio.Queue(
+            self.stream_window
+        )
 
         async def read() -> None:
             try:
@@ -95,9 +102,7 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
                 if leftover is not None:
                     leftover.cancel()
 
-    async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInfo:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         if self.service is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         return self.model_info

@@ -49,11 +49,13 @@ def load_backend(
     if name == "torch":
         from facedet_server.backends.torch_cuda import TorchCudaBackend
 
-        return TorchCudaBackend(model_path, max_batch=max_batch, device=device)
+        backend: Backend = TorchCudaBackend(model_path, max_batch=max_batch, device=device)
+        return backend
     if name == "tensorrt":
         try:
             from facedet_trt.backend import TensorRTBackend
         except ImportError as exc:
             raise RuntimeError(f"the tensorrt backend needs TensorRT and cuda-python: {exc}") from None
-        return TensorRTBackend(model_path, max_batch=max_batch, device=device)
+        trt_backend: Backend = TensorRTBackend(model_path, max_batch=max_batch, device=device)
+        return trt_backend
     raise ValueError(f"unknown backend {name!r}")

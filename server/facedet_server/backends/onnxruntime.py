@@ -14,8 +14,9 @@ from facedet_server.modelfiles import sha256_of
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 max_batch: int = 8) -> None:
+    def __init__(
+        self, model_path: Path, intra_op_threads: int = 0, inter_op_threads: int = 1, max_batch: int = 8
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0 = ONNX Runtime picks (physical cores)
         options.inter_op_num_threads = inter_op_threads

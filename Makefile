@@ -1,0 +1,62 @@
+# facedet: `make serve` runs the server on this machine; `make test` runs every check.
+# Both set up a virtual environment (.venv) first; nothing is installed outside it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The shared data folder beside the checkout (CI and development machines have it).
+SHARED ?= $(abspath ../shared)
+# An offline mirror of the model files: used before any download, verified by sha256.
+ifneq ($(wildcard $(SHARED)/models/yolov5n-0.5.onnx),)
+export FACEDET_MODEL_DIR ?= $(SHARED)/models
+endif
+export FACEDET_SHARED ?= $(SHARED)
+# CPU-only PyTorch for the converter tests; any other spec pulls several GB of CUDA packages.
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: help setup setup-dev serve test lint typecheck unit proto bench clean
+
+help:
+	@echo "make serve   - set up, fetch the model if missing, serve on 0.0.0.0:50051"
+	@echo "make test    - set up (with dev tools), lint, type-check, run every test"
+	@echo "make proto   - regenerate clients/python/facedet/v1 from proto/"
+	@echo "make bench   - CPU benchmark: through gRPC vs in-process (docs/benchmarks.md)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The server alone: no torch, no dev tools.
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_CPU)"
+	$(BIN)/pip install -q -e ".[dev,convert]" "$(TORCH_CPU)"
+	touch $@ $(VENV)/.serve-installed
+
+setup: $(VENV)/.serve-installed
+setup-dev: $(VENV)/.dev-installed
+
+serve: setup
+	$(BIN)/facedet models pull yolov5n-0.5
+	$(BIN)/facedet serve $(SERVE_ARGS)
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+typecheck: setup-dev
+	$(BIN)/mypy
+
+test: setup-dev lint typecheck
+	$(BIN)/python -m pytest -q -ra
+
+proto: setup-dev
+	$(BIN)/python proto/gen_python.py
+
+bench: setup-dev
+	$(BIN)/facedet bench --compare --image $(SHARED)/images/zidane.jpg --concurrency 1,4,16 --duration 10
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

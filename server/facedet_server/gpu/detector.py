@@ -1,0 +1,182 @@
+"""`GpuDetector`: the Detector interface with decode (nvJPEG), letterbox, model and NMS on the
+GPU. The CPU side of a request (`prepare`) only checks the header against the limits, so the
+decode pool stays cheap and the GPU sees whole batches of compressed bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import simplejpeg
+import torch
+
+from facedet_server.backends.torch_cuda import TorchCudaBackend
+from facedet_server.decode import JPEG_MAGIC, check_pixels
+from facedet_server.detector import (
+    Detection,
+    EncodedImage,
+    ImageInput,
+    Limits,
+    RawFrame,
+    Timing,
+    decode_image,
+)
+from facedet_server.errors import DetectError, InvalidImage
+from facedet_server.gpu.ops import letterbox_into, select_faces_batch
+from facedet_server.letterbox import Letterbox, input_shape_for
+from facedet_server.options import Options
+
+
+@dataclass
+class GpuPrepared:
+    options: Options
+    width: int
+    height: int
+    jpeg: bytes | None = None  # decoded on the GPU
+    pixels: np.ndarray | None = None  # already decoded on the CPU (raw frames, PNG, fallbacks)
+    scale: tuple[float, float] = (1.0, 1.0)
+    timing: Timing = field(default_factory=Timing)
+
+
+def _us(start: float) -> int:
+    return int((time.perf_counter() - start) * 1e6)
+
+
+class GpuDetector:
+    def __init__(
+        self,
+        backend: TorchCudaBackend,
+        limits: Limits | None = None,
+        input_size: int = 640,
+        gpu_decode: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.limits = limits or Limits()
+        self.input_size = input_size
+        self.gpu_decode = gpu_decode and backend.torch_device.type == "cuda"
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return self.input_size, self.input_size
+
+    def target_for(self, width: int, height: int) -> tuple[int, int]:
+        return input_shape_for(width, height, None, self.input_size, self.spec.size_multiple)
+
+    def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
+        start = time.perf_counter()
+        if self.gpu_decode and isinstance(image, EncodedImage) and image.data.startswith(JPEG_MAGIC):
+            try:
+                height, width, colorspace, _ = simplejpeg.decode_jpeg_header(image.data)
+            except ValueError as exc:
+                raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
+            check_pixels(width, height, self.limits.max_pixels)
+            if colorspace != "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
+                prepared = GpuPrepared(options, width, height, jpeg=image.data)
+                prepared.timing.decode_us = _us(start)
+                return prepared
+        decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
+        prepared = GpuPrepared(
+            options,
+            decoded.width,
+            decoded.height,
+            pixels=decoded.pixels,
+            scale=(decoded.scale_x, decoded.scale_y),
+        )
+        prepared.timing.decode_us = _us(start)
+        return prepared
+
+    def _to_device(self, items: Sequence[GpuPrepared]) -> list[torch.Tensor | DetectError]:
+        """(3, h, w) uint8 images on the GPU; nvJPEG decodes all JPEGs of the batch in one call,
+        and what it refuses (progressive, odd sampling, corrupt) falls back to libjpeg-turbo."""
+        device = self.backend.torch_device
+        out: list[torch.Tensor | DetectError] = [InvalidImage("not decoded")] * len(items)
+        jpeg_idx = [i for i, item in enumerate(items) if item.jpeg is not None]
+        if jpeg_idx:
+            from torchvision.io import decode_jpeg
+
+            datas = [torch.frombuffer(bytearray(items[i].jpeg or b""), dtype=torch.uint8) for i in jpeg_idx]
+            try:
+                decoded = decode_jpeg(datas, device=device)
+                for i, tensor in zip(jpeg_idx, decoded, strict=True):
+                    out[i] = tensor
+            except RuntimeError:
+                for i in jpeg_idx:
+                    item = items[i]
+                    try:
+                        pixels = decode_image(
+                            EncodedImage(item.jpeg or b""), self.limits.max_pixels, self.input_shape
+                        )
+                    except DetectError as exc:
+                        out[i] = exc
+                        continue
+                    item.pixels, item.scale = pixels.pixels, (pixels.scale_x, pixels.scale_y)
+        for i, item in enumerate(items):
+            if item.pixels is not None:
+                host = torch.from_numpy(item.pixels)
+                out[i] = host.to(device, non_blocking=True).permute(2, 0, 1)
+        return out
+
+    def infer_batch(self, items: Sequence[GpuPrepared]) -> list[Detection | DetectError]:
+        stream = self.backend.stream()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            start = time.perf_counter()
+            images = self._to_device(items)
+            results: list[Detection | DetectError] = [
+                img if isinstance(img, DetectError) else InvalidImage("not run") for img in images
+            ]
+            good = [i for i, img in enumerate(images) if isinstance(img, torch.Tensor)]
+            by_shape: dict[tuple[int, int], list[int]] = {}
+            for i in good:
+                by_shape.setdefault(self.target_for(items[i].width, items[i].height), []).append(i)
+            for (w, h), indices in by_shape.items():
+                for first in range(0, len(indices), self.backend.max_batch):
+                    chunk = indices[first : first + self.backend.max_batch]
+                    tensors = [img for i in chunk if isinstance(img := images[i], torch.Tensor)]
+                    detections = self._run_chunk([items[i] for i in chunk], tensors, w, h, start)
+                    for i, detection in zip(chunk, detections, strict=True):
+                        results[i] = detection
+        return results
+
+    def _run_chunk(
+        self, items: list[GpuPrepared], images: list[torch.Tensor], w: int, h: int, start: float
+    ) -> list[Detection]:
+        backend = self.backend
+        batch = torch.empty((len(items), 3, h, w), dtype=backend.dtype, device=backend.torch_device)
+        transforms: list[Letterbox] = [
+            letterbox_into(img, slot, self.spec.pad_value, self.spec.scale, item.scale)
+            for img, slot, item in zip(images, batch, items, strict=True)
+        ]
+        candidates = backend.forward(batch)
+        post_start = time.perf_counter()
+        faces = select_faces_batch(
+            candidates, [it.options for it in items], transforms, [(it.width, it.height) for it in items]
+        )  # ends with the one device->host copy, which also waits for the model
+        post_us = _us(post_start)
+        inference_us = _us(start) - post_us
+        detections = []
+        for item, item_faces in zip(items, faces, strict=True):
+            timing = item.timing
+            timing.inference_us, timing.postprocess_us, timing.batch_size = inference_us, post_us, len(items)
+            detections.append(Detection(item_faces, item.width, item.height, timing))
+        return detections
+
+    def detect(self, image: ImageInput, options: Options | None = None) -> Detection:
+        start = time.perf_counter()
+        (result,) = self.infer_batch([self.prepare(image, options or Options())])
+        if isinstance(result, DetectError):
+            raise result
+        result.timing.total_us = _us(start)
+        return result
+
+    def warm_up(self) -> None:
+        """Capture graphs for the common shapes (square and 16:9) at every batch bucket, so no
+        request pays for a capture."""
+        for w, h in {self.input_shape, self.target_for(1280, 720)}:
+            for bucket in self.backend.buckets:
+                frame = RawFrame(w, h, "RGB8", np.full((h, w, 3), 114, np.uint8).tobytes())
+                prepared = [self.prepare(frame, Options()) for _ in range(bucket)]
+                self.infer_batch(prepared)

@@ -1,0 +1,138 @@
+"""Pre- and post-processing as torch functions, so they run wherever the batch lives (CUDA in
+production, CPU in the tests here). The geometry matches `facedet_server.letterbox` exactly,
+so faces agree with the CPU path."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facedet_server.letterbox import Letterbox
+from facedet_server.options import Options
+
+
+def letterbox_geometry(w: int, h: int, target_w: int, target_h: int) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top), rounded exactly as the CPU letterbox rounds."""
+    ratio = min(target_w / w, target_h / h)
+    new_w = max(1, min(target_w, round(w * ratio)))
+    new_h = max(1, min(target_h, round(h * ratio)))
+    return new_w, new_h, (target_w - new_w) // 2, (target_h - new_h) // 2
+
+
+def letterbox_into(
+    image: torch.Tensor,
+    out: torch.Tensor,
+    pad_value: int = 114,
+    scale: float = 1.0 / 255.0,
+    source_scale: tuple[float, float] = (1.0, 1.0),
+) -> Letterbox:
+    """Resize a (3, h, w) uint8 image into the (3, H, W) float slot `out`, centred, padded,
+    scaled to 0..1, in a few kernels on the image's device."""
+    _, h, w = image.shape
+    target_h, target_w = out.shape[1:]
+    new_w, new_h, left, top = letterbox_geometry(w, h, target_w, target_h)
+    out.fill_(pad_value * scale)
+    region = out[:, top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (w, h):
+        region.copy_(image.to(out.dtype) * scale)
+    else:
+        # Antialiased bilinear approximates cv2.INTER_AREA when shrinking (what the CPU path uses).
+        resized = F.interpolate(
+            image[None].float(),
+            size=(new_h, new_w),
+            mode="bilinear",
+            align_corners=False,
+            antialias=bool(new_w < w),
+        )[0]
+        region.copy_((resized.clamp_(0, 255).round_() * scale).to(out.dtype))
+    return Letterbox(
+        gain_x=(w / new_w) * source_scale[0],
+        gain_y=(h / new_h) * source_scale[1],
+        offset_x=float(left),
+        offset_y=float(top),
+    )
+
+
+def _nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS for machines without torchvision (its CPU build does not load beside the
+    CPU torch wheel here); quadratic, fine for the few hundred candidates left after scoring."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes = boxes[order]
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    ix = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
+    iy = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
+    inter = ix * iy
+    union = areas[:, None] + areas[None] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter)).cpu().numpy()
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), bool)
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > iou_threshold
+    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+    """Indices kept, by descending score, with suppression only inside each group (image)."""
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    try:
+        from torchvision.ops import batched_nms as tv_batched_nms
+    except (ImportError, RuntimeError):
+        # Offsetting each group by more than the largest coordinate keeps groups disjoint.
+        offsets = groups.to(boxes.dtype)[:, None] * (boxes.max() + 1)
+        return _nms_reference(boxes + offsets, scores, iou)
+    kept: torch.Tensor = tv_batched_nms(boxes, scores, groups, iou)
+    return kept
+
+
+def select_faces_batch(
+    candidates: torch.Tensor,
+    options: list[Options],
+    transforms: list[Letterbox],
+    sizes: list[tuple[int, int]],
+) -> list[np.ndarray]:
+    """(N, K, 15) candidates [cx, cy, w, h, score, landmarks] in network pixels -> per image an
+    (M, 15) float32 array of corner boxes, score and landmarks in client pixels, sorted by score.
+    Everything up to the final small copy stays on the candidates' device."""
+    device = candidates.device
+    n = candidates.shape[0]
+    candidates = candidates.float()
+    thresholds = torch.tensor([o.min_confidence for o in options], device=device)
+    image_idx, anchor_idx = torch.nonzero(candidates[..., 4] >= thresholds[:, None], as_tuple=True)
+    picked = candidates[image_idx, anchor_idx]
+    boxes = torch.cat([picked[:, 0:2] - picked[:, 2:4] / 2, picked[:, 0:2] + picked[:, 2:4] / 2], dim=1)
+    scores = picked[:, 4]
+    # One IoU threshold per batch call keeps a single batched NMS; images asking for a different
+    # one are handled by a second call below (rare: most clients use the default).
+    results: list[np.ndarray] = [np.zeros((0, 15), np.float32)] * n
+    for iou in sorted({o.iou_threshold for o in options}):
+        member = torch.tensor([o.iou_threshold == iou for o in options], device=device)[image_idx]
+        idx = torch.nonzero(member, as_tuple=True)[0]
+        keep = idx[batched_nms(boxes[idx], scores[idx], image_idx[idx], iou)]
+        rows = torch.cat([boxes[keep], scores[keep, None], picked[keep, 5:]], dim=1)
+        owners = image_idx[keep]
+        gains = torch.tensor([[t.gain_x, t.gain_y] for t in transforms], device=device)[owners]
+        offsets = torch.tensor([[t.offset_x, t.offset_y] for t in transforms], device=device)[owners]
+        limits = torch.tensor(sizes, dtype=torch.float32, device=device)[owners]
+        xy_cols = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        xy = rows[:, xy_cols].view(-1, 7, 2)
+        xy = ((xy - offsets[:, None]) * gains[:, None]).clamp(
+            min=torch.zeros_like(limits[:, None]), max=limits[:, None]
+        )
+        rows[:, xy_cols] = xy.view(-1, 14)
+        host_rows = rows.cpu().numpy()
+        host_owner = owners.cpu().numpy()
+        for i, opt in enumerate(options):
+            if opt.iou_threshold != iou:
+                continue
+            faces = host_rows[host_owner == i]  # batched_nms returns descending score order
+            if opt.min_face_size > 0:
+                sides = np.minimum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
+                faces = faces[sides >= opt.min_face_size]
+            results[i] = np.ascontiguousarray(faces[: opt.max_faces], dtype=np.float32)
+    return results
