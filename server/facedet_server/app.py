@@ -25,7 +25,7 @@ from facedet_server import __version__
 from facedet_server.backends import load_backend
 from facedet_server.batcher import BatcherConfig
 from facedet_server.config import ServerConfig
-from facedet_server.detector import Detector, Limits
+from facedet_server.detector import Detector, Limits, Pipeline
 from facedet_server.modelfiles import resolve_model
 from facedet_server.options import Options
 from facedet_server.service import DetectionService
@@ -44,7 +44,18 @@ def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
         inter_op_threads=config.inter_op_threads,
         device=config.device,
     )
-    detector = Detector(backend, Limits(config.max_pixels, config.max_faces), config.input_size)
+    limits = Limits(config.max_pixels, config.max_faces)
+    detector: Pipeline
+    if backend.name == "torch":
+        from facedet_server.backends.torch_cuda import TorchCudaBackend
+        from facedet_server.gpu.detector import GpuDetector, nvjpeg_available
+
+        assert isinstance(backend, TorchCudaBackend)
+        gpu_decode = config.gpu_decode == "on" or (config.gpu_decode == "auto" and nvjpeg_available())
+        detector = GpuDetector(backend, limits, config.input_size, gpu_decode=gpu_decode)
+        log.info("gpu_pipeline", nvjpeg=gpu_decode, buckets=backend.buckets)
+    else:
+        detector = Detector(backend, limits, config.input_size)
     batcher_config = BatcherConfig(
         config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers
     )

@@ -93,9 +93,14 @@ class Pipeline(Protocol):
     """What the service schedules: `prepare` on the decode pool, `infer_batch` on an inference
     thread. `Detector` (host pre/post-processing, any backend) and `GpuDetector` implement it."""
 
-    backend: Backend
-    spec: ModelSpec
-    limits: Limits
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def limits(self) -> Limits: ...
 
     @property
     def input_shape(self) -> tuple[int, int]: ...

@@ -30,6 +30,15 @@ from facedet_server.letterbox import Letterbox, input_shape_for
 from facedet_server.options import Options
 
 
+def nvjpeg_available() -> bool:
+    """torchvision with GPU JPEG decoding and a CUDA device to run it on."""
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return bool(torch.cuda.is_available())
+
+
 @dataclass
 class GpuPrepared:
     options: Options
