@@ -21,6 +21,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(server_config.log_format, server_config.log_level)
+    if server_config.processes > 1:
+        return _serve_processes(server_config.processes)
     try:
         import uvloop
 
@@ -33,6 +35,28 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_processes(count: int) -> int:
+    """Run `count` copies of this very command with --processes 1; the kernel spreads incoming
+    connections across them (SO_REUSEPORT), and each batches for its own model."""
+    import os
+    import signal
+    import subprocess
+
+    argv = [sys.executable, "-m", "facedet_server.cli", *sys.argv[1:], "--processes", "1"]
+    children = [
+        subprocess.Popen(argv, env={**os.environ, "FACEDET_PROCESS_INDEX": str(i)}) for i in range(count)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -83,6 +83,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", "info", "log level", choices=("debug", "info", "warning", "error")),
     Setting("summary_interval", 60.0, "seconds between summary log lines (0 = off)", float),
+    Setting(
+        "processes",
+        1,
+        "server processes sharing the TCP ports (SO_REUSEPORT), each with its own "
+        "model and batcher; for when one Python process cannot keep a GPU busy",
+        int,
+    ),
     Setting("device", "cuda:0", "GPU for the torch and tensorrt backends"),
     Setting(
         "gpu_decode",
@@ -116,6 +123,7 @@ class ServerConfig:
     log_format: str = "auto"
     log_level: str = "info"
     summary_interval: float = 60.0
+    processes: int = 1
     device: str = "cuda:0"
     gpu_decode: str = "auto"
 
@@ -178,6 +186,8 @@ def validate(config: ServerConfig) -> None:
             problems.append(f"{name} must be in (0, 1]")
     if config.max_delay_ms < 0:
         problems.append("max_delay_ms must be >= 0")
+    if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
+        problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
     if not config.listen:
         problems.append("at least one --listen address is needed")
     if problems:
