@@ -46,7 +46,7 @@ class Batcher(Generic[T, R]):
         """`process` maps a batch to results of the same length (an exception in a slot fails
         only that item), or raises to fail the whole batch.
         `on_start(item, seconds_queued)` is called as each item's batch starts."""
-        if config.max_batch < 1 or config.max_queue < 1 or config.workers < 1 or config.max_delay_ms < 0:
+        if config.max_batch < 1 or config.max_queue < 1 or config.workers < 1 or not config.max_delay_ms >= 0:
             raise ValueError(f"invalid batcher config {config}")
         self._process = process
         self._executor = executor
@@ -55,7 +55,8 @@ class Batcher(Generic[T, R]):
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
-        self._in_flight = 0
+        # Submitted and not yet answered: queued, held by a worker filling a batch, or running.
+        self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches = 0
@@ -81,6 +82,7 @@ class Batcher(Generic[T, R]):
             )
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(item, future, time.perf_counter()))
+        self._outstanding += 1
         self._idle.clear()
         return await future
 
@@ -103,42 +105,43 @@ class Batcher(Generic[T, R]):
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            taken = await self._next_batch()
             # A caller that gave up (cancelled RPC) no longer needs its slot in the batch.
-            batch = [p for p in batch if not p.future.done()]
-            if not batch:
-                self._mark_idle()
-                continue
-            self._in_flight += len(batch)
-            started = time.perf_counter()
-            items = [p.item for p in batch]
-            if self._on_start is not None:
-                for p in batch:
-                    self._on_start(p.item, started - p.enqueued)
+            batch = [p for p in taken if not p.future.done()]
             try:
-                results = await loop.run_in_executor(self._executor, self._process, items)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
-                for p, result in zip(batch, results, strict=True):
-                    if p.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        p.future.set_exception(result)
-                    else:
-                        p.future.set_result(result)
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                if batch:
+                    await self._run(loop, batch)
             finally:
-                self._in_flight -= len(batch)
-                self.batches += 1
-                self.items += len(batch)
-                self._mark_idle()
+                self._outstanding -= len(taken)
+                if self._outstanding == 0:
+                    self._idle.set()
 
-    def _mark_idle(self) -> None:
-        if self._queue.empty() and self._in_flight == 0:
-            self._idle.set()
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
+        started = time.perf_counter()
+        if self._on_start is not None:
+            for p in batch:
+                self._on_start(p.item, started - p.enqueued)
+        try:
+            results = await loop.run_in_executor(self._executor, self._process, [p.item for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
+        except asyncio.CancelledError:
+            # close(drain=False) cancelled us mid-batch: its callers must still hear something.
+            _fail(batch, Unavailable("server shut down while this request ran"))
+            raise
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        finally:
+            self.batches += 1
+            self.items += len(batch)
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
 
     async def close(self, drain: bool = True) -> None:
         """Refuse new items; with drain, finish every queued and running one first."""
@@ -150,5 +153,10 @@ class Batcher(Generic[T, R]):
         await asyncio.gather(*self._workers, return_exceptions=True)
         while not self._queue.empty():
             pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("server shut down before this request ran"))
+            _fail([pending], Unavailable("server shut down before this request ran"))
+
+
+def _fail(batch: Sequence[_Pending[T, R]], exc: BaseException) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(exc)

@@ -6,8 +6,10 @@ A flag on the command line wins over the environment, which wins over the defaul
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -133,15 +135,12 @@ assert {s.name for s in SETTINGS} == {f.name for f in fields(ServerConfig)}, (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     for s in SETTINGS:
-        default = s.default
+        default = copy.copy(s.default)
         if s.env in env:
-            raw = env[s.env]
-            default = (
-                [part.strip() for part in raw.split(",") if part.strip()] if s.repeatable else s.parse(raw)
-            )
+            default = _from_env(s, env[s.env])
         shown = ", ".join(s.default) if isinstance(s.default, list) else s.default
         help_text = f"{s.help} [env {s.env}; default {shown}]"
         if s.repeatable:
@@ -153,12 +152,31 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
             )
 
 
+@dataclass(frozen=True)
+class _BadEnv:
+    """An environment value that did not parse; reported by from_args, so a typo in one
+    FACEDET_* variable breaks `facedet serve` with a clear message and no other command."""
+
+    message: str
+
+
+def _from_env(setting: Setting, raw: str) -> Any:
+    if setting.repeatable:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    try:
+        return setting.parse(raw)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        return _BadEnv(f"{setting.env}={raw!r} is not valid for {setting.flag}: {exc}")
+
+
 def from_args(args: argparse.Namespace) -> ServerConfig:
     values = {}
     for s in SETTINGS:
         value = getattr(args, s.name)
         if s.repeatable and value is None:
             value = getattr(args, f"_{s.name}_default")
+        if isinstance(value, _BadEnv):
+            raise ValueError(f"invalid configuration: {value.message}")
         values[s.name] = value
     config = ServerConfig(**values)
     validate(config)
@@ -182,10 +200,18 @@ def validate(config: ServerConfig) -> None:
     if config.input_size % 32:
         problems.append("input_size must be a multiple of 32")
     for name in ("min_confidence", "iou_threshold"):
-        if not 0 < getattr(config, name) <= 1:
+        if not 0 < getattr(config, name) <= 1:  # also false for NaN
             problems.append(f"{name} must be in (0, 1]")
-    if config.max_delay_ms < 0:
-        problems.append("max_delay_ms must be >= 0")
+    for name in ("max_delay_ms", "grace_seconds", "summary_interval"):
+        value = getattr(config, name)
+        if math.isnan(value) or value < 0:
+            problems.append(f"{name} must be a number >= 0")
+    for name in ("decode_threads", "intra_op_threads", "inter_op_threads"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name} must be >= 0 (0 = automatic)")
+    for setting in SETTINGS:
+        if setting.choices and getattr(config, setting.name) not in setting.choices:
+            problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
         problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
     if not config.listen:

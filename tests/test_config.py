@@ -1,0 +1,180 @@
+"""Server configuration: flag > FACEDET_* environment > default, validation, and the help text."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+from facedet_server.config import SETTINGS, ServerConfig, add_arguments, from_args, validate
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser(prog="facedet serve")
+    add_arguments(parser, {} if environ is None else environ)
+    return from_args(parser.parse_args(argv))
+
+
+def test_no_flags_no_environment_gives_the_dataclass_defaults() -> None:
+    assert parse([]) == ServerConfig()
+    # The table and the dataclass agree on every default.
+    assert {s.name: s.default for s in SETTINGS} == dataclasses.asdict(ServerConfig())
+
+
+def test_setting_names() -> None:
+    by_name = {s.name: s for s in SETTINGS}
+    assert by_name["max_batch"].flag == "--max-batch"
+    assert by_name["max_batch"].env == "FACEDET_MAX_BATCH"
+    assert by_name["max_delay_ms"].env == "FACEDET_MAX_DELAY_MS"
+    assert len(by_name) == len(SETTINGS)  # no duplicates
+
+
+def test_environment_becomes_the_default() -> None:
+    environ = {
+        "FACEDET_MAX_BATCH": "3",
+        "FACEDET_MAX_DELAY_MS": "7.5",
+        "FACEDET_MAX_QUEUE": "12",
+        "FACEDET_BACKEND": "onnxruntime",
+        "FACEDET_MODEL": "/models/x.onnx",
+        "FACEDET_MIN_CONFIDENCE": "0.25",
+        "FACEDET_LOG_LEVEL": "debug",
+        "FACEDET_UNRELATED": "ignored",
+        "MAX_BATCH": "99",
+    }
+    config = parse([], environ)
+    assert config.max_batch == 3 and isinstance(config.max_batch, int)
+    assert config.max_delay_ms == 7.5 and isinstance(config.max_delay_ms, float)
+    assert config.max_queue == 12
+    assert config.backend == "onnxruntime"
+    assert config.model == "/models/x.onnx"
+    assert config.min_confidence == 0.25
+    assert config.log_level == "debug"
+    assert config.max_faces == 1000  # untouched settings keep their defaults
+
+
+def test_flag_beats_environment() -> None:
+    environ = {"FACEDET_MAX_BATCH": "3", "FACEDET_BACKEND": "torch", "FACEDET_LISTEN": "a:1,b:2"}
+    config = parse(["--max-batch", "5", "--backend", "onnxruntime", "--listen", "c:3"], environ)
+    assert config.max_batch == 5
+    assert config.backend == "onnxruntime"
+    assert config.listen == ["c:3"]
+
+
+def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEDET_MAX_QUEUE", "77")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args([])).max_queue == 77
+    # An explicit mapping replaces os.environ entirely.
+    assert parse([], {}).max_queue == 256
+
+
+def test_listen_is_repeatable() -> None:
+    assert parse([]).listen == ["0.0.0.0:50051"]
+    config = parse(["--listen", "127.0.0.1:1", "--listen", "unix:///tmp/f.sock"])
+    assert config.listen == ["127.0.0.1:1", "unix:///tmp/f.sock"]
+
+
+def test_listen_from_environment_is_comma_separated() -> None:
+    config = parse([], {"FACEDET_LISTEN": " 127.0.0.1:1 , unix:///tmp/f.sock,,"})
+    assert config.listen == ["127.0.0.1:1", "unix:///tmp/f.sock"]
+    assert parse([], {"FACEDET_LISTEN": "[::]:50051"}).listen == ["[::]:50051"]
+
+
+def test_listen_default_list_is_not_shared_between_parses() -> None:
+    setting = next(s for s in SETTINGS if s.name == "listen")
+    saved = list(setting.default)
+    try:
+        first = parse([])
+        first.listen.append("mutated:1")
+        assert parse([]).listen == ["0.0.0.0:50051"]
+    finally:
+        setting.default[:] = saved  # never leak the change into other tests
+
+
+def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--max-batch", "x"], ["--backend", "tpu"], ["--log-format", "xml"], ["--nope"]):
+        with pytest.raises(SystemExit) as info:
+            parse(argv)
+        assert info.value.code == 2
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--max-batch", "0"], "max_batch must be >= 1"),
+        (["--max-queue", "-1"], "max_queue must be >= 1"),
+        (["--batch-workers", "0"], "batch_workers must be >= 1"),
+        (["--stream-window", "0"], "stream_window must be >= 1"),
+        (["--max-message-bytes", "0"], "max_message_bytes must be >= 1"),
+        (["--max-pixels", "0"], "max_pixels must be >= 1"),
+        (["--max-faces", "0"], "max_faces must be >= 1"),
+        (["--input-size", "0"], "input_size must be >= 1"),
+        (["--input-size", "650"], "input_size must be a multiple of 32"),
+        (["--input-size", "656"], "input_size must be a multiple of 32"),
+        (["--min-confidence", "0"], "min_confidence must be in (0, 1]"),
+        (["--min-confidence", "1.5"], "min_confidence must be in (0, 1]"),
+        (["--min-confidence", "nan"], "min_confidence must be in (0, 1]"),
+        (["--iou-threshold", "-0.1"], "iou_threshold must be in (0, 1]"),
+        (["--max-delay-ms", "-1"], "max_delay_ms must be a number >= 0"),
+    ],
+)
+def test_validate_rejects(argv: list[str], problem: str) -> None:
+    with pytest.raises(ValueError, match="invalid configuration") as info:
+        parse(argv)
+    assert problem in str(info.value)
+
+
+def test_validate_reports_every_problem_at_once() -> None:
+    with pytest.raises(ValueError) as info:
+        validate(ServerConfig(max_batch=0, input_size=100, iou_threshold=2.0, listen=[]))
+    message = str(info.value)
+    for problem in (
+        "max_batch must be >= 1",
+        "input_size must be a multiple of 32",
+        "iou_threshold must be in (0, 1]",
+        "at least one --listen address is needed",
+    ):
+        assert problem in message
+
+
+def test_validate_accepts_edges() -> None:
+    validate(
+        ServerConfig(min_confidence=1.0, iou_threshold=1.0, max_delay_ms=0.0, input_size=32, max_batch=1)
+    )
+
+
+def test_environment_values_are_validated_too() -> None:
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        parse([], {"FACEDET_MAX_BATCH": "0"})
+
+
+def test_help_lists_every_setting_with_its_environment_variable() -> None:
+    parser = argparse.ArgumentParser(prog="facedet serve")
+    add_arguments(parser, {"FACEDET_MAX_BATCH": "3"})
+    text = " ".join(parser.format_help().split())
+    for setting in SETTINGS:
+        assert setting.flag in text, setting.flag
+        assert f"env {setting.env};" in text, setting.env
+        assert setting.help.split()[0] in text
+    # The default shown is the built-in one, not the environment's.
+    assert "[env FACEDET_MAX_BATCH; default 8]" in text
+    assert "[env FACEDET_LISTEN; default 0.0.0.0:50051]" in text
+
+
+@pytest.mark.parametrize(("env", "value"), [("FACEDET_BACKEND", "bogus"), ("FACEDET_LOG_LEVEL", "loud")])
+def test_environment_value_outside_the_choices_is_rejected(env: str, value: str) -> None:
+    with pytest.raises((ValueError, SystemExit)):
+        parse([], {env: value})
+
+
+def test_malformed_environment_number_names_the_variable() -> None:
+    with pytest.raises((ValueError, SystemExit)) as info:
+        parse([], {"FACEDET_MAX_BATCH": "abc"})
+    assert "FACEDET_MAX_BATCH" in str(info.value)
+
+
+def test_nan_max_delay_is_rejected() -> None:
+    with pytest.raises(ValueError, match="max_delay_ms"):
+        parse(["--max-delay-ms", "nan"])
