@@ -61,19 +61,24 @@ class GpuDetector:
         limits: Limits | None = None,
         input_size: int = 640,
         gpu_decode: bool = True,
+        rectangular: bool = True,
     ) -> None:
         self.backend = backend
         self.spec = backend.spec
         self.limits = limits or Limits()
         self.input_size = input_size
         self.gpu_decode = gpu_decode and backend.torch_device.type == "cuda"
+        # Rectangular inputs (long side input_size, short side a multiple of 32) skip most of the
+        # padding; square ones reproduce the CPU path's 640x640 exactly, for comparisons.
+        self.rectangular = rectangular
 
     @property
     def input_shape(self) -> tuple[int, int]:
         return self.input_size, self.input_size
 
     def target_for(self, width: int, height: int) -> tuple[int, int]:
-        return input_shape_for(width, height, None, self.input_size, self.spec.size_multiple)
+        fixed = None if self.rectangular else self.input_shape
+        return input_shape_for(width, height, fixed, self.input_size, self.spec.size_multiple)
 
     def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
         start = time.perf_counter()

@@ -4,6 +4,7 @@ so faces agree with the CPU path."""
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,28 @@ def letterbox_geometry(w: int, h: int, target_w: int, target_h: int) -> tuple[in
     new_w = max(1, min(target_w, round(w * ratio)))
     new_h = max(1, min(target_h, round(h * ratio)))
     return new_w, new_h, (target_w - new_w) // 2, (target_h - new_h) // 2
+
+
+@functools.lru_cache(maxsize=64)
+def _area_weights(old: int, new: int) -> np.ndarray:
+    """(new, old) matrix of cv2.INTER_AREA shrinking along one axis: output pixel i averages the
+    input span [i*s, (i+1)*s), s = old/new, weighting each input pixel by its covered fraction."""
+    scale = old / new
+    starts = np.arange(new) * scale
+    ends = starts + scale
+    j = np.arange(old)
+    overlap = np.clip(np.minimum(ends[:, None], j[None] + 1) - np.maximum(starts[:, None], j[None]), 0, None)
+    weights: np.ndarray = (overlap / scale).astype(np.float32)
+    return weights
+
+
+def area_resize(image: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+    """Shrink a (C, h, w) image as cv2.INTER_AREA does, as two matrix products (cheap on GPU
+    matrix units), so the GPU letterbox feeds the model the pixels the CPU path would."""
+    _, h, w = image.shape
+    rows = torch.from_numpy(_area_weights(h, new_h)).to(image.device)
+    cols = torch.from_numpy(_area_weights(w, new_w)).to(image.device)
+    return rows @ image.float() @ cols.T
 
 
 def letterbox_into(
@@ -37,14 +60,12 @@ def letterbox_into(
     if (new_w, new_h) == (w, h):
         region.copy_(image.to(out.dtype) * scale)
     else:
-        # Antialiased bilinear approximates cv2.INTER_AREA when shrinking (what the CPU path uses).
-        resized = F.interpolate(
-            image[None].float(),
-            size=(new_h, new_w),
-            mode="bilinear",
-            align_corners=False,
-            antialias=bool(new_w < w),
-        )[0]
+        if new_w < w:  # same interpolation choice as the CPU letterbox
+            resized = area_resize(image, new_h, new_w)
+        else:
+            resized = F.interpolate(
+                image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False
+            )[0]
         region.copy_((resized.clamp_(0, 255).round_() * scale).to(out.dtype))
     return Letterbox(
         gain_x=(w / new_w) * source_scale[0],

@@ -1,0 +1,167 @@
+"""The torch-CUDA path on a real GPU (run through the device tool; skipped elsewhere): it must
+find the same faces as ONNX Runtime on the CPU, nvJPEG must not change the faces, and a server
+must not grow in host or GPU memory over 20,000 requests."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch-CUDA backend needs PyTorch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
+
+import grpc  # noqa: E402
+from conftest import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
+from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
+from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
+from facedet_server.detector import Detector, EncodedImage  # noqa: E402
+from facedet_server.gpu.detector import GpuDetector  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def assert_same_faces(ref: np.ndarray, got: np.ndarray, landmark_px: float = 2.0) -> None:
+    """Every reference face has a partner with IoU >= 0.9 and landmarks within landmark_px."""
+    assert len(got) == len(ref), f"{len(got)} faces, reference has {len(ref)}"
+    unused = list(range(len(got)))
+    for face in ref:
+        best = max(unused, key=lambda j: _iou(face, got[j]))
+        assert _iou(face, got[best]) >= 0.9, f"no match for {face[:5]} (best IoU {_iou(face, got[best]):.3f})"
+        worst = np.abs(face[5:] - got[best][5:]).max()
+        assert worst <= landmark_px, f"landmarks differ by {worst:.2f} px"
+        unused.remove(best)
+
+
+@pytest.fixture(scope="module")
+def cpu_detector() -> Detector:
+    return Detector(OnnxRuntimeBackend(MODEL))
+
+
+@pytest.fixture(scope="module")
+def torch_backend() -> TorchCudaBackend:
+    return TorchCudaBackend(MODEL, max_batch=8)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
+def test_torch_cuda_matches_onnxruntime_cpu(
+    name: str, cpu_detector: Detector, torch_backend: TorchCudaBackend
+) -> None:
+    data = image_bytes(name)
+    ref = cpu_detector.detect(EncodedImage(data)).faces
+    # Same 640x640 square input as the CPU path, so only the runtimes and FP16 differ.
+    got = GpuDetector(torch_backend, gpu_decode=True, rectangular=False).detect(EncodedImage(data)).faces
+    assert len(ref) == EXPECTED_FACES[name]
+    assert_same_faces(ref, got)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
+def test_rectangular_letterbox_finds_the_same_faces(name: str, torch_backend: TorchCudaBackend) -> None:
+    data = image_bytes(name)
+    square = GpuDetector(torch_backend, rectangular=False).detect(EncodedImage(data)).faces
+    rect = GpuDetector(torch_backend, rectangular=True).detect(EncodedImage(data)).faces
+    assert_same_faces(square, rect, landmark_px=6.0)
+
+
+@pytest.mark.parametrize("name", ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg", "test.jpg"])
+def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: TorchCudaBackend) -> None:
+    data = image_bytes(name)
+    on_gpu = GpuDetector(torch_backend, gpu_decode=True).detect(EncodedImage(data)).faces
+    on_cpu = GpuDetector(torch_backend, gpu_decode=False).detect(EncodedImage(data)).faces
+    strong = on_cpu[on_cpu[:, 4] >= 0.6]  # faces near the threshold may flip on decoder rounding
+    assert len(strong) > 0
+    for face in strong:
+        assert max(_iou(face, other) for other in on_gpu) >= 0.9
+
+
+def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -> None:
+    detector = GpuDetector(torch_backend)
+    names = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg"]
+    from facedet_server.options import Options
+
+    items = [detector.prepare(EncodedImage(image_bytes(n)), Options()) for n in names]
+    batched = detector.infer_batch(items)
+    for name, result in zip(names, batched, strict=True):
+        assert not isinstance(result, Exception)
+        single = detector.detect(EncodedImage(image_bytes(name))).faces
+        assert_same_faces(single, result.faces, landmark_px=0.5)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _gpu_mib(pid: int) -> int:
+    out = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = sum(
+        int(used) for p, used in (line.split(", ") for line in out.strip().splitlines()) if int(p) == pid
+    )
+    if total == 0:  # some containers hide per-process figures; fall back to the whole card
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        total = int(out.split()[0])
+    return total
+
+
+def _send(target: str, frames: int, streams: int) -> None:
+    data = image_bytes("zidane.jpg")
+    errors: list[str] = []
+
+    def one_stream(count: int) -> None:
+        with grpc.insecure_channel(target) as channel:
+            call = channel.stream_stream(
+                "/facedet.v1.FaceDetector/StreamDetectFaces",
+                request_serializer=pb.DetectFacesRequest.SerializeToString,
+                response_deserializer=pb.DetectFacesResponse.FromString,
+            )
+            requests = (pb.DetectFacesRequest(encoded=data, frame_id=i) for i in range(count))
+            for i, response in enumerate(call(requests)):
+                if response.frame_id != i or len(response.faces) != 2 or response.HasField("error"):
+                    errors.append(f"frame {i}: {response}")
+
+    threads = [threading.Thread(target=one_stream, args=(frames // streams,)) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+
+
+def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> None:
+    server = start_server(
+        "--backend", "torch", "--max-batch", "32", "--batch-workers", "2", "--stream-window", "32", unix=False
+    )
+    assert server.proc is not None
+    pid = server.proc.pid
+    _send(server.target, 4000, 16)  # warm-up: every batch bucket gets used and captured
+    rss0, gpu0 = _rss_kib(pid), _gpu_mib(pid)
+    _send(server.target, 20000, 16)
+    rss1, gpu1 = _rss_kib(pid), _gpu_mib(pid)
+    print(f"host RSS {rss0} -> {rss1} KiB, GPU {gpu0} -> {gpu1} MiB")
+    assert rss1 <= rss0 * 1.02, f"host RSS grew {rss0} -> {rss1} KiB"
+    assert gpu1 <= gpu0 * 1.02, f"GPU memory grew {gpu0} -> {gpu1} MiB"
