@@ -17,8 +17,7 @@ import grpc
 import structlog
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facedet_server import __version__
@@ -26,12 +25,19 @@ from facedet_server.backends import load_backend
 from facedet_server.batcher import BatcherConfig
 from facedet_server.config import ServerConfig
 from facedet_server.detector import Detector, Limits, Pipeline
+from facedet_server.health import SERVING, HealthService
 from facedet_server.modelfiles import resolve_model
 from facedet_server.options import Options
 from facedet_server.service import DetectionService
 from facedet_server.servicer import FaceDetectorServicer, model_info
 
 log = structlog.get_logger("facedet.server")
+
+
+class StartupError(Exception):
+    """The server cannot start (e.g. an address cannot be bound); the message says why."""
+
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FaceDetector"].full_name
 
 
@@ -84,9 +90,7 @@ async def _log_summaries(service: DetectionService, interval: float) -> None:
 
 
 async def serve(config: ServerConfig) -> None:
-    health_servicer = HealthServicer()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer = HealthService(["", SERVICE_NAME])
 
     server = grpc.aio.server(options=grpc_options(config))
     servicer = FaceDetectorServicer(config.stream_window)
@@ -94,8 +98,12 @@ async def serve(config: ServerConfig) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     for address in config.listen:
-        if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
-            raise RuntimeError(f"could not listen on {address}")
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises "Failed to bind" rather than returning 0
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        if port == 0 and not address.startswith("unix:"):
+            raise StartupError(f"cannot listen on {address}")
     # Ports open before the model loads, so orchestrators see NOT_SERVING rather than a refused
     # connection while a large model loads and warms up.
     await server.start()
@@ -113,6 +121,9 @@ async def serve(config: ServerConfig) -> None:
     service.start()
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)
+    if stop.is_set():  # SIGTERM arrived while loading: never claim SERVING
+        await _shut_down(server, health_servicer, service, config.grace_seconds)
+        return
     log.info(
         "model_loaded",
         model=str(model_path),
@@ -122,8 +133,7 @@ async def serve(config: ServerConfig) -> None:
         input=f"{info.input_width}x{info.input_height}",
         seconds=round(time.perf_counter() - started, 2),
     )
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set_all(SERVING)
     log.info("serving")
 
     summaries = None
@@ -131,12 +141,18 @@ async def serve(config: ServerConfig) -> None:
         summaries = asyncio.create_task(_log_summaries(service, config.summary_interval))
     await stop.wait()
 
-    log.info("draining", grace_seconds=config.grace_seconds)
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.grace_seconds)
-    await service.close(drain=True)
     if summaries is not None:
         summaries.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await summaries
+    await _shut_down(server, health_servicer, service, config.grace_seconds)
+
+
+async def _shut_down(
+    server: grpc.aio.Server, health_servicer: HealthService, service: DetectionService, grace: float
+) -> None:
+    log.info("draining", grace_seconds=grace)
+    await health_servicer.drain()
+    await server.stop(grace)
+    await service.close(drain=True)
     log.info("stopped", **service.take_stats().summary())

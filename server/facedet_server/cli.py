@@ -11,7 +11,7 @@ from facedet_server import __version__, config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from facedet_server.app import serve
+    from facedet_server.app import StartupError, serve
     from facedet_server.logs import configure_logging
     from facedet_server.modelfiles import ModelFileError
 
@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         pass  # uvloop is optional; asyncio's own loop works, a little slower
     try:
         asyncio.run(serve(server_config))
-    except ModelFileError as exc:
+    except (ModelFileError, StartupError) as exc:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,19 @@ import torch
 
 from facedet_server.backends.torch_cuda import TorchCudaBackend
 
+Step = Callable[[torch.Tensor], torch.Tensor]
 
-def _time(fn: object, batch: torch.Tensor, iters: int, warmup: int) -> list[float]:
-    call = fn  # a callable taking the batch
+
+def _time(call: Step, batch: torch.Tensor, iters: int, warmup: int) -> list[float]:
     for _ in range(warmup):
-        call(batch)  # type: ignore[operator]
+        call(batch)
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         start.record()
-        call(batch)  # type: ignore[operator]
+        call(batch)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.rand((n, 3, h, w), device=backend.torch_device, dtype=backend.dtype)
             x = x.contiguous(memory_format=torch.channels_last)
             for mode in args.modes.split(","):
+                fn: Step
                 if mode == "eager":
                     fn = backend.module
                 elif mode == "graph":

@@ -5,6 +5,7 @@ so faces agree with the CPU path."""
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F

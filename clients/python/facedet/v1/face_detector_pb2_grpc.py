@@ -58,8 +58,9 @@ class FaceDetectorServicer:
 
     def DetectFaces(self, request, context):
         """Detects faces in one image. Bad input fails the call with INVALID_ARGUMENT
-        (undecodable or inconsistent image, bad options) or RESOURCE_EXHAUSTED (message
-        or image too large, server queue full).
+        (undecodable, inconsistent or over-limit image, bad options); RESOURCE_EXHAUSTED
+        means the message was over the size limit or the server queue is full (retry with
+        backoff); UNAVAILABLE means the server is starting or shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
