@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
 import grpc  # noqa: E402
-from conftest import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
+from facedet_test_support import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
 from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402

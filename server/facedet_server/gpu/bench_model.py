@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                     fn = backend.forward
                 else:
                     if compiled is None:
-                        compiled = torch.compile(backend.module, mode="max-autotune")
+                        compiled = torch.compile(backend.module, mode="reduce-overhead", dynamic=False)
                     fn = compiled
                 with torch.inference_mode():
                     times = _time(fn, x, args.iters, warmup=5 if mode != "compile" else 10)
