@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  batch latency p50 {row['batch_p50_ms']} ms p99 {row['batch_p99_ms']} ms",
             flush=True,
         )
-    print(
-        f"device: {torch.cuda.get_device_name(backend.torch_device)}; image {args.image.name}, {expected} faces"
-    )
+    device = torch.cuda.get_device_name(backend.torch_device)
+    print(f"device: {device}; image {args.image.name}, {expected} faces")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
