@@ -90,3 +90,18 @@ def test_select_faces_batch_matches_select_faces() -> None:
         ref = select_faces(corners, options[i], maps[i], *sizes[i])
         assert got[i].shape == ref.shape
         np.testing.assert_allclose(got[i], ref, atol=1e-3)
+
+
+def test_letterbox_batch_equals_letterbox_into_per_image() -> None:
+    from facedet_server.gpu.ops import letterbox_batch
+
+    rng = np.random.default_rng(5)
+    sizes = [(720, 1280), (720, 1280), (480, 640), (1080, 810), (720, 1280)]
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+    scales = [(2.0, 2.0), (1.0, 1.0), (1.0, 1.0), (1.5, 1.5), (1.0, 1.0)]
+    batch = torch.empty((len(images), 3, 384, 640))
+    maps = letterbox_batch(images, batch, source_scales=scales)
+    for image, slot, got_map, scale in zip(images, batch, maps, scales, strict=True):
+        single = torch.empty((3, 384, 640))
+        assert letterbox_into(image, single, source_scale=scale) == got_map
+        assert torch.equal(single, slot)

@@ -117,7 +117,7 @@ async def serve(config: ServerConfig) -> None:
     started = time.perf_counter()
     model_path = await asyncio.to_thread(resolve_model, config.model)
     service = await asyncio.to_thread(build_service, config, model_path)
-    await asyncio.to_thread(service.detector.warm_up)
+    await asyncio.to_thread(service.warm_up)
     service.start()
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)

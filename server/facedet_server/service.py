@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -77,6 +78,19 @@ class DetectionService:
     @staticmethod
     def _record_queue(item: Any, seconds: float) -> None:
         item.timing.queue_us = int(seconds * 1e6)
+
+    def warm_up(self) -> None:
+        """Run the pipeline's warm-up on every inference thread (each has its own CUDA stream and
+        graphs on the GPU path), so the first requests pay for nothing."""
+        workers = self.batcher.config.workers
+        barrier = threading.Barrier(workers)
+
+        def warm() -> None:
+            barrier.wait()  # holds each task on its own thread until all workers have one
+            self.detector.warm_up()
+
+        for future in [self.infer_pool.submit(warm) for _ in range(workers)]:
+            future.result()
 
     def start(self) -> None:
         self.batcher.start()

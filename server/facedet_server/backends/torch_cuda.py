@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,12 +29,19 @@ def load_torch_model(model_path: Path) -> tuple[torch.nn.Module, ModelSpec]:
     return module, spec
 
 
+Graph = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]  # graph, static input, static output
+
+# Dynamic shapes give up to ~40 input shapes per orientation; keeping every (bucket, shape)
+# graph would hold gigabytes of static buffers, so each thread keeps the most recent ones.
+MAX_GRAPHS_PER_THREAD = 32
+
+
 class _ThreadState(threading.local):
     stream: torch.cuda.Stream | None = None
-    graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]]
+    graphs: OrderedDict[tuple[int, int, int], Graph]
 
     def __init__(self) -> None:
-        self.graphs = {}
+        self.graphs = OrderedDict()
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -75,6 +83,8 @@ class TorchCudaBackend:
         self.cuda_graphs = cuda_graphs and self.torch_device.type == "cuda"
         self.buckets = batch_buckets(max_batch)
         self._local = _ThreadState()
+        # One capture at a time: a capture must not see another thread's capture in progress.
+        self._capture_lock = threading.Lock()
 
     def stream(self) -> torch.cuda.Stream | None:
         """This thread's CUDA stream (created on first use)."""
@@ -97,27 +107,47 @@ class TorchCudaBackend:
             return out
         bucket = self.bucket_for(n)
         key = (bucket, h, w)
-        if key not in self._local.graphs:
-            self._local.graphs[key] = self._capture(bucket, h, w)
-        graph, static_in, static_out = self._local.graphs[key]
+        graphs = self._local.graphs
+        if key in graphs:
+            graphs.move_to_end(key)
+        else:
+            if len(graphs) >= MAX_GRAPHS_PER_THREAD:
+                graphs.popitem(last=False)
+            graphs[key] = self._capture(bucket, h, w)
+        graph, static_in, static_out = graphs[key]
         static_in[:n].copy_(batch)
-        graph.replay()
+        graph.replay()  # launches on the current stream, after the copy above
         return static_out[:n]
 
-    def _capture(
-        self, bucket: int, h: int, w: int
-    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        static_in = torch.zeros((bucket, 3, h, w), dtype=self.dtype, device=self.torch_device)
+    def _capture(self, bucket: int, h: int, w: int) -> Graph:
+        device = self.torch_device
+        static_in = torch.zeros((bucket, 3, h, w), dtype=self.dtype, device=device)
         static_in = static_in.contiguous(memory_format=torch.channels_last)
-        stream = torch.cuda.current_stream(self.torch_device)
-        # Warm-up on the capturing stream lets cuDNN pick its kernels before capture freezes them.
-        for _ in range(3):
-            self.module(static_in)
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            static_out = self.module(static_in)
+        with self._capture_lock:
+            # Capture on a side stream (never the legacy default stream) in thread-local mode, so
+            # other inference threads keep launching work while this thread captures.
+            side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                # Warm-up lets cuDNN pick its kernels before capture freezes them.
+                for _ in range(3):
+                    self.module(static_in)
+            side.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                static_out = self.module(static_in)
+            side.synchronize()
         return graph, static_in, static_out
+
+    def warm_up(self, shapes: list[tuple[int, int]]) -> None:
+        """Capture this thread's graphs for every bucket at each (w, h)."""
+        stream = self.stream()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for w, h in shapes:
+                for bucket in self.buckets:
+                    self.forward(torch.zeros((bucket, 3, h, w), dtype=self.dtype, device=self.torch_device))
+            if stream is not None:
+                stream.synchronize()
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """The Backend protocol: host batch in, host candidates out (used off the GPU fast path)."""

@@ -25,8 +25,8 @@ from facedet_server.detector import (
     decode_image,
 )
 from facedet_server.errors import DetectError, InvalidImage
-from facedet_server.gpu.ops import letterbox_into, select_faces_batch
-from facedet_server.letterbox import Letterbox, input_shape_for
+from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
+from facedet_server.letterbox import input_shape_for
 from facedet_server.options import Options
 
 
@@ -160,10 +160,9 @@ class GpuDetector:
     ) -> list[Detection]:
         backend = self.backend
         batch = torch.empty((len(items), 3, h, w), dtype=backend.dtype, device=backend.torch_device)
-        transforms: list[Letterbox] = [
-            letterbox_into(img, slot, self.spec.pad_value, self.spec.scale, item.scale)
-            for img, slot, item in zip(images, batch, items, strict=True)
-        ]
+        transforms = letterbox_batch(
+            images, batch, self.spec.pad_value, self.spec.scale, [it.scale for it in items]
+        )
         candidates = backend.forward(batch)
         post_start = time.perf_counter()
         faces = select_faces_batch(
@@ -187,10 +186,10 @@ class GpuDetector:
         return result
 
     def warm_up(self) -> None:
-        """Capture graphs for the common shapes (square and 16:9) at every batch bucket, so no
-        request pays for a capture."""
-        for w, h in {self.input_shape, self.target_for(1280, 720)}:
-            for bucket in self.backend.buckets:
-                frame = RawFrame(w, h, "RGB8", np.full((h, w, 3), 114, np.uint8).tobytes())
-                prepared = [self.prepare(frame, Options()) for _ in range(bucket)]
-                self.infer_batch(prepared)
+        """Capture this thread's graphs for the common shapes (square, 16:9 landscape and
+        portrait) at every batch bucket, then run one real batch, so no request pays for it."""
+        shapes = sorted({self.input_shape, self.target_for(1280, 720), self.target_for(720, 1280)})
+        self.backend.warm_up(shapes)
+        w, h = self.input_shape
+        frame = RawFrame(w, h, "RGB8", np.full((h, w, 3), 114, np.uint8).tobytes())
+        self.infer_batch([self.prepare(frame, Options())])

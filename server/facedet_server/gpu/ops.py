@@ -76,6 +76,54 @@ def letterbox_into(
     )
 
 
+def letterbox_batch(
+    images: list[torch.Tensor],
+    out: torch.Tensor,
+    pad_value: int = 114,
+    scale: float = 1.0 / 255.0,
+    source_scales: list[tuple[float, float]] | None = None,
+) -> list[Letterbox]:
+    """letterbox_into for a whole batch: images of the same size (a video stream, a burst of
+    one camera's frames) are resized together with one batched matrix product, so the cost is a
+    handful of kernels per distinct size rather than per image."""
+    n = len(images)
+    scales = source_scales or [(1.0, 1.0)] * n
+    target_h, target_w = out.shape[2:]
+    out.fill_(pad_value * scale)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((image.shape[1], image.shape[2]), []).append(i)
+    transforms: list[Letterbox | None] = [None] * n
+    for (h, w), members in groups.items():
+        new_w, new_h, left, top = letterbox_geometry(w, h, target_w, target_h)
+        stacked = torch.stack([images[i] for i in members]) if len(members) > 1 else images[members[0]][None]
+        if (new_w, new_h) == (w, h):
+            resized = stacked.float()
+        elif new_w < w:
+            rows = torch.from_numpy(_area_weights(h, new_h)).to(stacked.device)
+            cols = torch.from_numpy(_area_weights(w, new_w)).to(stacked.device)
+            resized = (rows @ stacked.float() @ cols.T).clamp_(0, 255).round_()
+        else:
+            resized = F.interpolate(
+                stacked.float(), size=(new_h, new_w), mode="bilinear", align_corners=False
+            )
+            resized = resized.clamp_(0, 255).round_()
+        index = torch.as_tensor(members, device=out.device)
+        region = (resized * scale).to(out.dtype)
+        if len(members) == n:
+            out[:, :, top : top + new_h, left : left + new_w] = region
+        else:
+            out[index, :, top : top + new_h, left : left + new_w] = region
+        for i in members:
+            transforms[i] = Letterbox(
+                gain_x=(w / new_w) * scales[i][0],
+                gain_y=(h / new_h) * scales[i][1],
+                offset_x=float(left),
+                offset_y=float(top),
+            )
+    return [t for t in transforms if t is not None]
+
+
 def _nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS for machines without torchvision (its CPU build does not load beside the
     CPU torch wheel here); quadratic, fine for the few hundred candidates left after scoring."""
@@ -122,39 +170,43 @@ def select_faces_batch(
     (M, 15) float32 array of corner boxes, score and landmarks in client pixels, sorted by score.
     Everything up to the final small copy stays on the candidates' device."""
     device = candidates.device
-    n = candidates.shape[0]
     candidates = candidates.float()
-    thresholds = torch.tensor([o.min_confidence for o in options], device=device)
-    image_idx, anchor_idx = torch.nonzero(candidates[..., 4] >= thresholds[:, None], as_tuple=True)
+    # Every per-image number the GPU needs, in one host->device copy.
+    per_image = torch.tensor(
+        [
+            [o.min_confidence, t.gain_x, t.gain_y, t.offset_x, t.offset_y, w, h, o.iou_threshold]
+            for o, t, (w, h) in zip(options, transforms, sizes, strict=True)
+        ],
+        dtype=torch.float32,
+    ).to(device, non_blocking=True)
+    image_idx, anchor_idx = torch.nonzero(candidates[..., 4] >= per_image[:, 0:1], as_tuple=True)
     picked = candidates[image_idx, anchor_idx]
     boxes = torch.cat([picked[:, 0:2] - picked[:, 2:4] / 2, picked[:, 0:2] + picked[:, 2:4] / 2], dim=1)
     scores = picked[:, 4]
-    # One IoU threshold per batch call keeps a single batched NMS; images asking for a different
-    # one are handled by a second call below (rare: most clients use the default).
-    results: list[np.ndarray] = [np.zeros((0, 15), np.float32)] * n
-    for iou in sorted({o.iou_threshold for o in options}):
-        member = torch.tensor([o.iou_threshold == iou for o in options], device=device)[image_idx]
-        idx = torch.nonzero(member, as_tuple=True)[0]
-        keep = idx[batched_nms(boxes[idx], scores[idx], image_idx[idx], iou)]
-        rows = torch.cat([boxes[keep], scores[keep, None], picked[keep, 5:]], dim=1)
-        owners = image_idx[keep]
-        gains = torch.tensor([[t.gain_x, t.gain_y] for t in transforms], device=device)[owners]
-        offsets = torch.tensor([[t.offset_x, t.offset_y] for t in transforms], device=device)[owners]
-        limits = torch.tensor(sizes, dtype=torch.float32, device=device)[owners]
-        xy_cols = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-        xy = rows[:, xy_cols].view(-1, 7, 2)
-        xy = ((xy - offsets[:, None]) * gains[:, None]).clamp(
-            min=torch.zeros_like(limits[:, None]), max=limits[:, None]
-        )
-        rows[:, xy_cols] = xy.view(-1, 14)
-        host_rows = rows.cpu().numpy()
-        host_owner = owners.cpu().numpy()
-        for i, opt in enumerate(options):
-            if opt.iou_threshold != iou:
-                continue
-            faces = host_rows[host_owner == i]  # batched_nms returns descending score order
-            if opt.min_face_size > 0:
-                sides = np.minimum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
-                faces = faces[sides >= opt.min_face_size]
-            results[i] = np.ascontiguousarray(faces[: opt.max_faces], dtype=np.float32)
+    ious = sorted({o.iou_threshold for o in options})
+    if len(ious) == 1:
+        keep = batched_nms(boxes, scores, image_idx, ious[0])
+    else:
+        # Rare: images of one batch asking for different IoU thresholds; one NMS per threshold.
+        parts = []
+        for iou in ious:
+            idx = torch.nonzero(per_image[image_idx, 7] == iou, as_tuple=True)[0]
+            parts.append(idx[batched_nms(boxes[idx], scores[idx], image_idx[idx], iou)])
+        keep = torch.cat(parts)
+        keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
+    owners = image_idx[keep]
+    info = per_image[owners]
+    xy = torch.cat([boxes[keep], picked[keep, 5:]], dim=1).view(-1, 7, 2)
+    xy = (xy - info[:, None, 3:5]) * info[:, None, 1:3]
+    xy = torch.minimum(xy.clamp(min=0), info[:, None, 5:7])
+    xy = xy.view(-1, 14)
+    rows = torch.cat([owners[:, None].float(), xy[:, 0:4], scores[keep, None], xy[:, 4:]], dim=1)
+    host = rows.cpu().numpy()  # the one device->host copy; also waits for the GPU work above
+    results: list[np.ndarray] = []
+    for i, opt in enumerate(options):
+        faces = host[host[:, 0] == i, 1:]  # already in descending score order
+        if opt.min_face_size > 0:
+            sides = np.minimum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
+            faces = faces[sides >= opt.min_face_size]
+        results.append(np.ascontiguousarray(faces[: opt.max_faces], dtype=np.float32))
     return results
