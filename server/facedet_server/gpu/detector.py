@@ -130,7 +130,8 @@ class GpuDetector:
                     item.pixels, item.scale = pixels.pixels, (pixels.scale_x, pixels.scale_y)
         for i, item in enumerate(items):
             if item.pixels is not None:
-                host = torch.from_numpy(item.pixels)
+                pixels = item.pixels if item.pixels.flags.writeable else item.pixels.copy()
+                host = torch.from_numpy(pixels)  # torch refuses to wrap read-only memory
                 out[i] = host.to(device, non_blocking=True).permute(2, 0, 1)
         return out
 
