@@ -75,9 +75,13 @@ def _models(args: argparse.Namespace) -> int:
         return 1
     print(path)
     if args.export:
-        from facedet_converter.cache import exported_model
+        try:
+            from facedet_converter.cache import exported_model
 
-        print(exported_model(path))
+            print(exported_model(path))
+        except ImportError as exc:
+            print(f"facedet models pull --export: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

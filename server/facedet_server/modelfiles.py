@@ -118,11 +118,21 @@ def pull(name: str, home: Path | None = None, mirror: Path | None = None, url: s
         ) from None
 
 
-def resolve_model(model: str | None) -> Path:
-    """--model / FACEDET_MODEL: a path to a file, or a registry name to pull; default yolov5n-0.5."""
+def exported_path(source: Path, sha256: str, home: Path | None = None) -> Path:
+    """Where `facedet models pull --export` keeps our dynamic-shape export of an upstream file."""
+    return (home or facedet_home()) / "models" / "exported" / f"{Path(source).stem}-{sha256[:16]}.onnx"
+
+
+def resolve_model(model: str | None, home: Path | None = None) -> Path:
+    """--model / FACEDET_MODEL: a path to a file, or a registry name to pull; default yolov5n-0.5.
+
+    For a registry name, our export of it (dynamic batch and shape: real batching and the
+    rectangular letterbox) is used once `facedet models pull NAME --export` has made it."""
     value = model or os.environ.get("FACEDET_MODEL") or DEFAULT_MODEL
     if value in REGISTRY:
-        return pull(value)
+        source = pull(value, home=home)
+        exported = exported_path(source, REGISTRY[value].sha256, home)
+        return exported if exported.is_file() else source
     path = Path(value).expanduser()
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist (known names: {', '.join(sorted(REGISTRY))})")
