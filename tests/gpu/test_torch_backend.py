@@ -16,10 +16,11 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
 import grpc  # noqa: E402
+import simplejpeg  # noqa: E402
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
 from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
-from facedet_server.detector import Detector, EncodedImage  # noqa: E402
+from facedet_server.detector import Detector, EncodedImage, RawFrame  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
 
@@ -81,16 +82,15 @@ def test_rectangular_letterbox_finds_the_same_faces(name: str, torch_backend: To
 def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: TorchCudaBackend) -> None:
     data = image_bytes(name)
     on_gpu = GpuDetector(torch_backend, gpu_decode=True).detect(EncodedImage(data)).faces
-    on_cpu = GpuDetector(torch_backend, gpu_decode=False).detect(EncodedImage(data)).faces
-    # Faces near the threshold may flip on decoder rounding, and on test.jpg the CPU path decodes
-    # at half size with DCT scaling while nvJPEG decodes in full: compare the confident faces,
-    # nearly all of which must match closely.
-    strong = on_cpu[on_cpu[:, 4] >= 0.6]
+    # libjpeg-turbo at full size, sent on as a raw frame: only the decoder differs (the CPU
+    # path's own DCT-reduced decode of large JPEGs would change the pixels far more).
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    frame = RawFrame(rgb.shape[1], rgb.shape[0], "RGB8", rgb.tobytes())
+    on_cpu = GpuDetector(torch_backend, gpu_decode=False).detect(frame).faces
+    strong = on_cpu[on_cpu[:, 4] >= 0.6]  # faces near the threshold may flip on decoder rounding
     assert len(strong) > 0
     best = np.array([max(_iou(face, other) for other in on_gpu) for face in strong])
-    assert (best >= 0.9).mean() >= 0.95, f"{(best < 0.9).sum()} of {len(strong)} faces moved"
-    assert best.min() >= 0.7
-    assert abs(len(on_gpu) - len(on_cpu)) <= max(1, len(on_cpu) // 20)
+    assert (best >= 0.9).all(), f"{(best < 0.9).sum()} of {len(strong)} faces moved"
 
 
 def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -> None:
