@@ -121,13 +121,13 @@ class GpuDetector:
                 for i in jpeg_idx:
                     item = items[i]
                     try:
-                        pixels = decode_image(
+                        fallback = decode_image(
                             EncodedImage(item.jpeg or b""), self.limits.max_pixels, self.input_shape
                         )
                     except DetectError as exc:
                         out[i] = exc
                         continue
-                    item.pixels, item.scale = pixels.pixels, (pixels.scale_x, pixels.scale_y)
+                    item.pixels, item.scale = fallback.pixels, (fallback.scale_x, fallback.scale_y)
         for i, item in enumerate(items):
             if item.pixels is not None:
                 pixels = item.pixels if item.pixels.flags.writeable else item.pixels.copy()
