@@ -1,0 +1,160 @@
+"""The asyncio client: the blocking client's methods as coroutines, on a grpc.aio channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from types import TracebackType
+
+import grpc
+
+from facedet.client.channel import (
+    HEALTH_METHOD,
+    ChannelOptions,
+    decode_health_response,
+    encode_health_request,
+)
+from facedet.client.channel import channel_options as make_channel_options
+from facedet.client.errors import FaceDetectorError
+from facedet.client.images import Frame, ImageLike, PixelFormat, build_request, frame_request
+from facedet.client.messages import Detection, DetectionOptions, ModelInfo
+from facedet.v1 import face_detector_pb2 as pb
+from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+
+Frames = Iterable[ImageLike | Frame] | AsyncIterable[ImageLike | Frame]
+
+
+class AsyncFaceDetectorClient:
+    """Same API as FaceDetectorClient, async. Create it inside the event loop that uses it
+    (grpc.aio binds a channel to the running loop), ideally as `async with`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        options: DetectionOptions | None = None,
+        channel_options: ChannelOptions = (),
+        pixel_format: PixelFormat = "RGB",
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.options = options
+        self.pixel_format: PixelFormat = pixel_format
+        self._channel = grpc.aio.insecure_channel(target, options=make_channel_options(channel_options))
+        self._stub = pb_grpc.FaceDetectorStub(self._channel)
+        self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
+
+    def _options(self, options: DetectionOptions | None) -> pb.DetectionOptions | None:
+        chosen = options if options is not None else self.options
+        return chosen.to_proto() if chosen is not None else None
+
+    async def detect(
+        self,
+        image: ImageLike,
+        options: DetectionOptions | None = None,
+        frame_id: int = 0,
+        *,
+        pixel_format: PixelFormat | None = None,
+    ) -> Detection:
+        request = build_request(
+            image,
+            options=self._options(options),
+            frame_id=frame_id,
+            pixel_format=pixel_format or self.pixel_format,
+        )
+        return Detection.from_proto(await self.detect_request(request))
+
+    async def detect_request(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
+        try:
+            response: pb.DetectFacesResponse = await self._stub.DetectFaces(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise FaceDetectorError.from_rpc_error(exc) from None
+        return response
+
+    async def stream(
+        self,
+        frames: Frames,
+        options: DetectionOptions | None = None,
+        *,
+        pixel_format: PixelFormat | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Detection, None]:
+        """See FaceDetectorClient.stream; `frames` may be a plain or an async iterable (a plain
+        one is read on the event loop, so it should not block for long per frame)."""
+        proto_options = self._options(options)
+        fmt = pixel_format or self.pixel_format
+        failure: list[BaseException] = []
+
+        async def requests() -> AsyncIterator[pb.DetectFacesRequest]:
+            # As in the blocking client: a local failure ends the stream cleanly and is raised
+            # to the caller after the frames before it, rather than becoming a bare CANCELLED.
+            try:
+                index = 0
+                async for item in _aiter(frames):
+                    yield frame_request(item, index, proto_options, fmt)
+                    index += 1
+            except Exception as exc:
+                failure.append(exc)
+
+        call = self._stub.StreamDetectFaces(requests(), timeout=timeout)
+        try:
+            async for response in call:
+                yield Detection.from_proto(response)
+        except grpc.RpcError as exc:
+            raise FaceDetectorError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+        if failure:
+            raise failure[0]
+
+    async def model_info(self) -> ModelInfo:
+        try:
+            info = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise FaceDetectorError.from_rpc_error(exc) from None
+        return ModelInfo.from_proto(info)
+
+    async def health(self, service: str = "", timeout: float | None = None) -> str:
+        try:
+            data: bytes = await self._health(encode_health_request(service), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise FaceDetectorError.from_rpc_error(exc) from None
+        return decode_health_response(data)
+
+    async def wait_until_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = await self.health(timeout=max(min(1.0, deadline - time.monotonic()), 0.01))
+                if last == "SERVING":
+                    return
+            except FaceDetectorError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.05)
+        raise FaceDetectorError("DEADLINE_EXCEEDED", f"{self.target} not SERVING after {timeout} s ({last})")
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncFaceDetectorClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _aiter(frames: Frames) -> AsyncIterator[ImageLike | Frame]:
+    if isinstance(frames, AsyncIterable):
+        async for item in frames:
+            yield item
+    else:
+        for item in frames:
+            yield item

@@ -1,0 +1,84 @@
+"""Channel settings, method paths and the health check, shared by the blocking and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Client-side limits only: a larger image is then refused by the server with a clear
+# RESOURCE_EXHAUSTED rather than by this side's 4 MiB gRPC default.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+SERVICE = "facedet.v1.FaceDetector"
+DETECT_METHOD = f"/{SERVICE}/DetectFaces"
+STREAM_METHOD = f"/{SERVICE}/StreamDetectFaces"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+def channel_options(extra: ChannelOptions = ()) -> list[tuple[str, Any]]:
+    """Our defaults, then the caller's (gRPC takes the last value given for a key)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *extra,
+    ]
+
+
+# grpc.health.v1 is two one-field messages; coding them here spares every user of the client
+# a dependency on grpcio-health-checking.
+_HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_health_request(service: str) -> bytes:
+    """HealthCheckRequest{service}: field 1, length-delimited."""
+    name = service.encode()
+    return b"\x0a" + _varint(len(name)) + name if name else b""
+
+
+def decode_health_response(data: bytes) -> str:
+    """HealthCheckResponse{status}: field 1, varint; fields we do not know are skipped."""
+    status, pos = 0, 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+            if field == 1:
+                status = value
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unexpected wire type {wire_type} in a health response")
+    return _HEALTH_STATUSES.get(status, str(status))
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint in a health response")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7

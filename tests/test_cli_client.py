@@ -1,0 +1,219 @@
+"""`facedet detect` and `facedet stream` against a real server (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from facedet.v1 import face_detector_pb2 as pb
+from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+from facedet_server.cli import main
+from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SHARED = Path(os.environ.get("FACEDET_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+MODEL = Path(os.environ.get("FACEDET_MODEL") or SHARED / "models" / "yolov5n-0.5.onnx")
+IMAGES = SHARED / "images"
+ZIDANE, BUS = IMAGES / "zidane.jpg", IMAGES / "bus.jpg"
+VIDEO = SHARED / "videos" / "one_face_640x480.mkv"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "the server exited during start-up"
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} not SERVING after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, str]]:
+    """(tcp target, unix target) of one `facedet serve` subprocess."""
+    assert MODEL.is_file(), f"model not found at {MODEL}; set FACEDET_MODEL"
+    sock_dir = tempfile.mkdtemp(prefix="fdl-", dir="/tmp")
+    tcp, unix = f"127.0.0.1:{free_port()}", f"unix://{sock_dir}/s.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")}
+    command = [sys.executable, "-m", "facedet_server.cli", "serve", "--model", str(MODEL)]
+    command += ["--listen", tcp, "--listen", unix, "--summary-interval", "0", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env)
+    try:
+        wait_serving(tcp, process)
+        yield tcp, unix
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def without_timing(message: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in message.items() if k != "timing"}
+
+
+def direct(target: str, path: Path) -> dict[str, object]:
+    """The server's own answer in the proto JSON mapping, without going through the client."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.FaceDetectorStub(channel)  # type: ignore[no-untyped-call]
+        response = stub.DetectFaces(pb.DetectFacesRequest(encoded=path.read_bytes()))
+    return MessageToDict(response, preserving_proto_field_name=True)
+
+
+# --- detect -------------------------------------------------------------------------------------
+
+
+def test_detect_json_mirrors_the_proto_mapping(
+    server: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["detect", str(ZIDANE), "--server", server[0], "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert isinstance(printed, dict)
+    assert without_timing(printed) == without_timing(direct(server[0], ZIDANE))
+    assert set(printed["timing"]) >= {"decode_us", "inference_us", "total_us", "batch_size"}
+    assert len(printed["faces"]) == 2
+    assert set(printed["faces"][0]["landmarks"]) == {
+        "left_eye",
+        "right_eye",
+        "nose",
+        "mouth_left",
+        "mouth_right",
+    }
+
+
+def test_detect_json_several_images_is_a_list(
+    server: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["detect", str(ZIDANE), str(BUS), "--server", server[1], "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [without_timing(p) for p in printed] == [
+        without_timing(direct(server[0], ZIDANE)),
+        without_timing(direct(server[0], BUS)),
+    ]
+
+
+def test_detect_human_output_and_options(server: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["detect", str(ZIDANE), "--server", server[0]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{ZIDANE}: 2 faces in 1280x720")
+    assert len(lines) == 3 and all("confidence" in line for line in lines[1:])
+    assert main(["detect", str(ZIDANE), "--server", server[0], "--min-confidence", "0.84"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"{ZIDANE}: 1 face in")
+
+
+def test_detect_draw_writes_a_png(
+    server: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "drawn.png"
+    assert main(["detect", str(ZIDANE), "--server", server[0], "--draw", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    drawn = cv2.imread(str(out))
+    original = cv2.imread(str(ZIDANE), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert drawn is not None and original is not None
+    assert drawn.shape == (720, 1280, 3)
+    assert bool(np.any(drawn != original))  # something was drawn
+    folder = tmp_path / "many"
+    assert main(["detect", str(ZIDANE), str(BUS), "--server", server[0], "--draw", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["bus.png", "zidane.png"]
+    capsys.readouterr()
+
+
+def test_detect_failures(server: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not really a jpeg")
+    status = main(
+        ["detect", str(junk), str(tmp_path / "missing.jpg"), str(ZIDANE), "--server", server[0], "--json"]
+    )
+    assert status == 1
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed[0]["error"]["code"] == 3 and "JPEG or PNG" in printed[0]["error"]["message"]
+    assert printed[1]["error"]["code"] == 3
+    assert len(printed[2]["faces"]) == 2
+    assert "INVALID_ARGUMENT" in captured.err and "cannot read" in captured.err
+
+    assert main(["detect", str(ZIDANE), "--server", f"127.0.0.1:{free_port()}"]) == 3
+    assert "not available" in capsys.readouterr().err
+
+
+def test_detect_command_line_and_env_server(server: tuple[str, str]) -> None:
+    env = {**os.environ, "FACEDET_SERVER": server[1]}
+    done = subprocess.run(
+        [sys.executable, "-m", "facedet_server.cli", "detect", str(BUS)],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{BUS}: 2 faces")
+
+
+# --- stream -------------------------------------------------------------------------------------
+
+
+def test_stream_video(server: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # Every other frame of the whole video keeps the test quick on a small CPU.
+    assert main(["stream", str(VIDEO), "--server", server[0], "--every", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:26] == [f"frame {i}: 1 face" for i in range(0, 51, 2)]
+    assert lines[26].startswith("26 frames, 26 faces, 0 failed in ")
+    assert lines[26].endswith("frames/s")
+
+    assert (
+        main(["stream", str(VIDEO), "--server", server[1], "--every", "10", "--max-frames", "3", "--jpeg"])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["frame 0: 1 face", "frame 10: 1 face", "frame 20: 1 face"]
+    assert lines[3].startswith("3 frames, 3 faces")
+
+
+def test_stream_folder_json(
+    server: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("c_zidane.jpg", "a_bus.jpg", "b_sample.jpg"):
+        shutil.copy(IMAGES / name.split("_", 1)[1], tmp_path / name)
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert main(["stream", str(tmp_path), "--server", server[0], "--json"]) == 0
+    captured = capsys.readouterr()
+    responses = [json.loads(line) for line in captured.out.splitlines()]
+    assert [len(r["faces"]) for r in responses] == [2, 8, 2]  # a_bus, b_sample, c_zidane
+    assert [r.get("frame_id", "0") for r in responses] == ["0", "1", "2"]  # uint64: a JSON string
+    assert "3 frames, 12 faces" in captured.err
+
+
+def test_stream_failures(server: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stream", str(tmp_path / "nothing.mkv"), "--server", server[0]]) == 1
+    assert "no such video file or folder" in capsys.readouterr().err
+    assert main(["stream", str(tmp_path), "--server", server[0]]) == 1  # an empty folder
+    assert "no .jpg" in capsys.readouterr().err
+    (tmp_path / "a.jpg").write_bytes(b"broken")
+    shutil.copy(ZIDANE, tmp_path / "b.jpg")
+    assert main(["stream", str(tmp_path), "--server", server[0]]) == 1
+    out = capsys.readouterr().out
+    assert "frame 0: INVALID_ARGUMENT" in out and "frame 1: 2 faces" in out
+    assert main(["stream", str(VIDEO), "--server", f"127.0.0.1:{free_port()}"]) == 3

@@ -1,0 +1,315 @@
+"""The Python client library against a real server (subprocess) on loopback TCP and a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from facedet.client import (
+    AsyncFaceDetectorClient,
+    Detection,
+    DetectionOptions,
+    FaceDetectorClient,
+    FaceDetectorError,
+    Frame,
+    ModelInfo,
+    Status,
+    build_request,
+)
+from facedet.client.channel import decode_health_response, encode_health_request
+from facedet.v1 import face_detector_pb2 as pb
+from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SHARED = Path(os.environ.get("FACEDET_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+MODEL = Path(os.environ.get("FACEDET_MODEL") or SHARED / "models" / "yolov5n-0.5.onnx")
+ZIDANE = SHARED / "images" / "zidane.jpg"
+VIDEO = SHARED / "videos" / "one_face_640x480.mkv"
+
+
+# --- a real server, for this module ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "the server exited during start-up"
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} not SERVING after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, str]]:
+    """(tcp target, unix target) of one `facedet serve` subprocess."""
+    assert MODEL.is_file(), f"model not found at {MODEL}; set FACEDET_MODEL"
+    sock_dir = tempfile.mkdtemp(prefix="fdc-", dir="/tmp")
+    tcp, unix = f"127.0.0.1:{free_port()}", f"unix://{sock_dir}/s.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")}
+    command = [sys.executable, "-m", "facedet_server.cli", "serve", "--model", str(MODEL)]
+    command += ["--listen", tcp, "--listen", unix, "--summary-interval", "0", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env)
+    try:
+        wait_serving(tcp, process)
+        yield tcp, unix
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[str, str]) -> Iterator[FaceDetectorClient]:
+    with FaceDetectorClient(server[0], timeout=30) as c:
+        yield c
+
+
+def read(path: Path, flags: int = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    assert image is not None, f"OpenCV cannot read {path}"
+    return np.asarray(image)
+
+
+def video_frames(count: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(VIDEO))
+    frames: list[np.ndarray] = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert frames, f"could not read {VIDEO}"
+    return frames
+
+
+def assert_same_faces(a: Detection, b: Detection, pixels: float = 0.0, confidence: float = 0.0) -> None:
+    assert len(a.faces) == len(b.faces)
+    for fa, fb in zip(a.faces, b.faces, strict=True):
+        assert abs(fa.confidence - fb.confidence) <= confidence
+        for name in ("x_min", "y_min", "x_max", "y_max"):
+            assert abs(getattr(fa.box, name) - getattr(fb.box, name)) <= pixels
+
+
+# --- unary --------------------------------------------------------------------------------------
+
+
+def test_detect_path_bytes_and_arrays_give_the_same_faces(client: FaceDetectorClient) -> None:
+    from_path = client.detect(ZIDANE)
+    from_str = client.detect(str(ZIDANE))
+    from_bytes = client.detect(ZIDANE.read_bytes())
+    bgr = read(ZIDANE)
+    from_bgr = client.detect(bgr, pixel_format="BGR")
+    from_rgb = client.detect(np.ascontiguousarray(bgr[:, :, ::-1]))  # RGB is the default
+    from_rgb_view = client.detect(bgr[:, :, ::-1])  # non-contiguous views are fine too
+
+    assert len(from_path.faces) == 2
+    assert (from_path.image_width, from_path.image_height) == (1280, 720)
+    assert from_path.ok and from_path.error is None
+    assert from_path.timing.total_us > 0 and from_path.timing.batch_size >= 1
+    assert_same_faces(from_path, from_str)
+    assert_same_faces(from_path, from_bytes)
+    # Raw pixels skip the server's JPEG decoder; OpenCV's may round a few pixels differently.
+    assert_same_faces(from_path, from_bgr, pixels=2.0, confidence=0.02)
+    assert_same_faces(from_bgr, from_rgb)
+    assert_same_faces(from_bgr, from_rgb_view)
+    face = from_path.faces[0]
+    assert face.confidence >= from_path.faces[1].confidence
+    assert face.box.width == pytest.approx(face.box.x_max - face.box.x_min)
+    assert face.box.height > 0
+    assert face.box.x_min <= face.landmarks.nose.x <= face.box.x_max
+
+
+def test_gray_array_and_options(client: FaceDetectorClient) -> None:
+    gray = read(ZIDANE, cv2.IMREAD_GRAYSCALE)
+    assert client.detect(gray).image_width == 1280
+    assert client.detect(gray[:, :, None]).image_height == 720
+    strict = client.detect(ZIDANE, DetectionOptions(min_confidence=0.84))
+    assert len(strict.faces) == 1
+    assert len(client.detect(ZIDANE, DetectionOptions(max_faces=1)).faces) == 1
+
+
+def test_client_default_options_and_frame_id(server: tuple[str, str]) -> None:
+    with FaceDetectorClient(server[0], options=DetectionOptions(min_confidence=0.84)) as c:
+        assert len(c.detect(ZIDANE).faces) == 1
+        assert len(c.detect(ZIDANE, DetectionOptions()).faces) == 2  # per-call options win
+        assert c.detect(ZIDANE, frame_id=42).frame_id == 42
+
+
+def test_unix_socket(server: tuple[str, str]) -> None:
+    with FaceDetectorClient(server[1]) as c:
+        assert c.health() == "SERVING"
+        assert c.health("facedet.v1.FaceDetector") == "SERVING"
+        assert len(c.detect(ZIDANE).faces) == 2
+        info = c.model_info()
+    assert isinstance(info, ModelInfo)
+    assert info.backend == "onnxruntime"
+    assert info.default_options.min_confidence == pytest.approx(0.5)
+    assert info.limits.max_message_bytes > 0
+
+
+def test_errors_are_face_detector_errors(client: FaceDetectorClient, server: tuple[str, str]) -> None:
+    with pytest.raises(FaceDetectorError) as bad:
+        client.detect(b"definitely not an image")
+    assert bad.value.code == "INVALID_ARGUMENT"
+    assert "JPEG or PNG" in bad.value.message
+    with pytest.raises(FaceDetectorError) as bad_options:
+        client.detect(ZIDANE, DetectionOptions(min_confidence=2.0))
+    assert bad_options.value.code == "INVALID_ARGUMENT"
+    with FaceDetectorClient(f"127.0.0.1:{free_port()}", timeout=5) as nowhere:
+        with pytest.raises(FaceDetectorError) as unreachable:
+            nowhere.detect(ZIDANE)
+        assert unreachable.value.code == "UNAVAILABLE"
+        with pytest.raises(FaceDetectorError):
+            nowhere.wait_until_serving(timeout=0.3)
+
+
+def test_local_input_errors() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        build_request(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="alpha"):
+        build_request(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="pixel_format"):
+        build_request(np.zeros((4, 4, 3), np.uint8), pixel_format="YUV")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        build_request(12345)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        build_request("/nonexistent/image.jpg")
+    raw = build_request(np.zeros((2, 3), np.uint8), frame_id=7).raw
+    assert (raw.width, raw.height, raw.format, len(raw.data)) == (3, 2, pb.PIXEL_FORMAT_GRAY8, 6)
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+def test_stream_of_60_frames_in_order(client: FaceDetectorClient) -> None:
+    frames = video_frames(51)
+    sixty = [frames[i % len(frames)] for i in range(60)]
+    results = list(client.stream(sixty, pixel_format="BGR"))
+    assert [d.frame_id for d in results] == list(range(60))
+    assert all(d.ok and len(d.faces) == 1 and d.image_width == 640 for d in results)
+
+
+def test_stream_frame_errors_do_not_end_the_stream(client: FaceDetectorClient) -> None:
+    good = ZIDANE.read_bytes()
+    frames: list[bytes | Frame | np.ndarray] = [
+        good,
+        b"not an image",
+        Frame(good, frame_id=1000),
+        np.zeros((4, 4, 3), np.uint8),
+    ]
+    results = list(client.stream(frames))
+    assert [d.frame_id for d in results] == [0, 1, 1000, 3]
+    assert results[0].ok and len(results[0].faces) == 2
+    assert results[1].error is not None and results[1].error.code == "INVALID_ARGUMENT"
+    assert not results[1].faces
+    assert results[2].ok and len(results[2].faces) == 2
+    assert results[3].ok and not results[3].faces
+
+
+def test_stream_local_failure_raises_after_earlier_frames(client: FaceDetectorClient) -> None:
+    received = []
+    with pytest.raises(FileNotFoundError):
+        for detection in client.stream([ZIDANE, ZIDANE, "/nonexistent/frame.jpg", ZIDANE]):
+            received.append(detection)
+    assert [d.frame_id for d in received] == [0, 1]
+
+
+def test_stream_stopped_early(client: FaceDetectorClient) -> None:
+    def endless() -> Iterator[bytes]:
+        data = ZIDANE.read_bytes()
+        while True:
+            yield data
+
+    stream = client.stream(endless())
+    assert [next(stream).frame_id for _ in range(3)] == [0, 1, 2]
+    stream.close()  # cancels the call; the client stays usable
+    assert len(client.detect(ZIDANE).faces) == 2
+
+
+# --- asyncio ------------------------------------------------------------------------------------
+
+
+def test_async_client(server: tuple[str, str]) -> None:
+    async def main() -> None:
+        async with AsyncFaceDetectorClient(server[1], timeout=30) as c:
+            assert await c.health() == "SERVING"
+            assert (await c.model_info()).name
+            one = await c.detect(ZIDANE)
+            assert len(one.faces) == 2
+            many = await asyncio.gather(*(c.detect(ZIDANE.read_bytes(), frame_id=i) for i in range(4)))
+            assert [d.frame_id for d in many] == [0, 1, 2, 3]
+            with pytest.raises(FaceDetectorError) as bad:
+                await c.detect(b"nope")
+            assert bad.value.code == "INVALID_ARGUMENT"
+
+            async def frames() -> AsyncIterator[np.ndarray]:
+                for frame in video_frames(12):
+                    yield frame
+
+            streamed = [d async for d in c.stream(frames(), pixel_format="BGR")]
+            assert [d.frame_id for d in streamed] == list(range(12))
+            assert all(len(d.faces) == 1 for d in streamed)
+            mixed = [d async for d in c.stream([ZIDANE, b"junk"])]  # a plain iterable works too
+            assert mixed[0].ok and mixed[1].error is not None
+
+    asyncio.run(main())
+
+
+# --- the proto boundary -------------------------------------------------------------------------
+
+
+def test_round_trip_through_dataclasses(server: tuple[str, str]) -> None:
+    with grpc.insecure_channel(server[0]) as channel:
+        stub = pb_grpc.FaceDetectorStub(channel)  # type: ignore[no-untyped-call]
+        response = stub.DetectFaces(build_request(ZIDANE, frame_id=5))
+        info = stub.GetModelInfo(pb.GetModelInfoRequest())
+        stream = list(stub.StreamDetectFaces(iter([pb.DetectFacesRequest(encoded=b"x", frame_id=9)])))
+    detection = Detection.from_proto(response)
+    assert detection.frame_id == 5 and len(detection.faces) == 2
+    assert detection.to_proto() == response
+    assert Detection.from_proto(detection.to_proto()) == detection
+    assert ModelInfo.from_proto(info).to_proto() == info
+    failed = Detection.from_proto(stream[0])
+    assert failed.error is not None and failed.error.code == "INVALID_ARGUMENT"
+    assert failed.to_proto() == stream[0]
+    options = DetectionOptions(0.25, 0.5, 10, 12.0)
+    assert DetectionOptions.from_proto(options.to_proto()) == options
+    assert Status.from_proto(Status("NOT_FOUND", "x").to_proto()) == Status("NOT_FOUND", "x")
+
+
+def test_health_codec() -> None:
+    assert encode_health_request("") == b""
+    assert encode_health_request("a.B") == b"\x0a\x03a.B"
+    for status in range(4):
+        encoded = health_pb2.HealthCheckResponse(status=status).SerializeToString()  # type: ignore[arg-type]
+        assert decode_health_response(encoded) == health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    assert (
+        encode_health_request("x" * 200)
+        == health_pb2.HealthCheckRequest(service="x" * 200).SerializeToString()
+    )
