@@ -73,8 +73,9 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        # Several front-end processes may share one port (see docs/architecture.md).
-        ("grpc.so_reuseport", 1),
+        # Only on request: several front-end processes may share one port (--processes), but a
+        # server started on a port another one holds must fail, not split its traffic.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
 
 

@@ -44,7 +44,16 @@ def _serve_processes(count: int) -> int:
     import signal
     import subprocess
 
-    argv = [sys.executable, "-m", "facedet_server.cli", *sys.argv[1:], "--processes", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "facedet_server.cli",
+        *sys.argv[1:],
+        "--processes",
+        "1",
+        "--reuse-port",
+        "true",
+    ]
     children = [
         subprocess.Popen(argv, env={**os.environ, "FACEDET_PROCESS_INDEX": str(i)}) for i in range(count)
     ]

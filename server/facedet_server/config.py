@@ -92,6 +92,14 @@ SETTINGS: tuple[Setting, ...] = (
         "model and batcher; for when one Python process cannot keep a GPU busy",
         int,
     ),
+    Setting(
+        "reuse_port",
+        False,
+        "let other processes bind the same TCP port (SO_REUSEPORT); --processes sets it for its "
+        "children. Off by default, so a server started on a taken port fails instead of silently "
+        "sharing it",
+        _bool,
+    ),
     Setting("device", "cuda:0", "GPU for the torch and tensorrt backends"),
     Setting(
         "gpu_decode",
@@ -126,6 +134,7 @@ class ServerConfig:
     log_level: str = "info"
     summary_interval: float = 60.0
     processes: int = 1
+    reuse_port: bool = False
     device: str = "cuda:0"
     gpu_decode: str = "auto"
 
