@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,55 +16,19 @@ import pytest
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server.cli import main
+from facedet_test_support import SHARED, ServerFactory, free_port
 from google.protobuf.json_format import MessageToDict
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SHARED = Path(os.environ.get("FACEDET_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-MODEL = Path(os.environ.get("FACEDET_MODEL") or SHARED / "models" / "yolov5n-0.5.onnx")
 IMAGES = SHARED / "images"
 ZIDANE, BUS = IMAGES / "zidane.jpg", IMAGES / "bus.jpg"
 VIDEO = SHARED / "videos" / "one_face_640x480.mkv"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "the server exited during start-up"
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{target} not SERVING after {timeout} s")
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, str]]:
-    """(tcp target, unix target) of one `facedet serve` subprocess."""
-    assert MODEL.is_file(), f"model not found at {MODEL}; set FACEDET_MODEL"
-    sock_dir = tempfile.mkdtemp(prefix="fdl-", dir="/tmp")
-    tcp, unix = f"127.0.0.1:{free_port()}", f"unix://{sock_dir}/s.sock"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")}
-    command = [sys.executable, "-m", "facedet_server.cli", "serve", "--model", str(MODEL)]
-    command += ["--listen", tcp, "--listen", unix, "--summary-interval", "0", "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env)
-    try:
-        wait_serving(tcp, process)
-        yield tcp, unix
-    finally:
-        process.terminate()
-        process.wait(30)
-        shutil.rmtree(sock_dir, ignore_errors=True)
+def server(module_server_factory: ServerFactory) -> tuple[str, str]:
+    """(tcp target, unix target) of one `facedet serve` subprocess (tests/conftest.py's Server)."""
+    running = module_server_factory("--summary-interval", "0", "--log-level", "warning")
+    return running.target, running.unix_target
 
 
 def without_timing(message: dict[str, object]) -> dict[str, object]:
