@@ -98,17 +98,13 @@ async def serve(config: ServerConfig) -> None:
     pb_grpc.add_FaceDetectorServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    for address in config.listen:
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpcio raises "Failed to bind" rather than returning 0
-            raise StartupError(f"cannot listen on {address}: {exc}") from None
-        if port == 0 and not address.startswith("unix:"):
-            raise StartupError(f"cannot listen on {address}")
-    # Ports open before the model loads, so orchestrators see NOT_SERVING rather than a refused
-    # connection while a large model loads and warms up.
-    await server.start()
-    log.info("listening", addresses=config.listen, version=__version__, config=config.__dict__)
+    # Ports normally open before the model loads, so orchestrators see NOT_SERVING rather than a
+    # refused connection while a large model loads and warms up. Processes sharing a port
+    # (--processes) open it only once warm: the kernel spreads connections over every process
+    # bound to the port, and must not hand one to a process still loading.
+    opens_early = not config.reuse_port
+    if opens_early:
+        await _open_ports(server, config)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,6 +119,8 @@ async def serve(config: ServerConfig) -> None:
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)
     if stop.is_set():  # SIGTERM arrived while loading: never claim SERVING
+        if not opens_early:
+            await server.start()  # stop() below expects a started server
         await _shut_down(server, health_servicer, service, config.grace_seconds)
         return
     log.info(
@@ -135,6 +133,8 @@ async def serve(config: ServerConfig) -> None:
         seconds=round(time.perf_counter() - started, 2),
     )
     await health_servicer.set_all(SERVING)
+    if not opens_early:
+        await _open_ports(server, config)
     log.info("serving")
 
     summaries = None
@@ -147,6 +147,18 @@ async def serve(config: ServerConfig) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await summaries
     await _shut_down(server, health_servicer, service, config.grace_seconds)
+
+
+async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
+    for address in config.listen:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises "Failed to bind" rather than returning 0
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        if port == 0 and not address.startswith("unix:"):
+            raise StartupError(f"cannot listen on {address}")
+    await server.start()
+    log.info("listening", addresses=config.listen, version=__version__, config=config.__dict__)
 
 
 async def _shut_down(
