@@ -15,6 +15,7 @@ interpreter shutdown, when the CUDA runtime may already be gone.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections.abc import Iterator
@@ -153,7 +154,7 @@ def synchronize() -> None:
 # --- resources -------------------------------------------------------------------------------
 
 
-class _Resource:
+class _Resource(abc.ABC):
     # A class default, so that close() and __del__ are safe when __init__ failed half way.
     _closed = True
 
@@ -163,8 +164,9 @@ class _Resource:
         self._closed = True
         self._release()
 
+    @abc.abstractmethod
     def _release(self) -> None:
-        raise NotImplementedError
+        """Free the underlying CUDA resource (called once, by close())."""
 
     @property
     def closed(self) -> bool:
