@@ -58,6 +58,15 @@ def test_grpc_unary_prints_the_metrics(server: tuple[str, int], capsys: pytest.C
         assert label in out
 
 
+def test_open_loop_offers_the_rate_asked(server: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    # 4 img/s is well under this machine's capacity, so the achieved rate is the offered one.
+    args = ["bench", "--server", server[0], "--image", str(ZIDANE), "--rate", "4", "--concurrency", "8"]
+    assert main([*args, "--duration", "3", "--warmup", "0.5", "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert 3.0 <= run["img_per_s"] <= 5.0
+    assert main([*args, "--stream"]) == 2  # open loop is for unary calls
+
+
 def test_grpc_stream_in_two_processes(server: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "--server", server[0], "--image", str(ZIDANE), "--stream", "--window", "2"]
     args += ["--concurrency", "2", "--processes", "2", "--json", *SHORT]

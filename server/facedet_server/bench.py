@@ -75,6 +75,9 @@ class Load:
     duration: float
     stream: bool = False
     window: int = 1  # frames in flight per stream
+    # Open loop: requests per second offered by this process (0 = closed loop). `concurrency`
+    # then caps the requests in flight.
+    rate: float = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -186,6 +189,47 @@ async def _unary_client(
             _record_response(data, started, finished, samples)
 
 
+async def _open_loop_client(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    request: bytes,
+    load: Load,
+    window: Window,
+    samples: Samples,
+) -> None:
+    """Offer `load.rate` requests per second on a fixed schedule, whatever the answers do.
+    Latency counts from each request's scheduled time, so a server that falls behind shows it
+    (no coordinated omission); at most `load.concurrency` are in flight."""
+    slots = asyncio.Semaphore(load.concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(scheduled: float) -> None:
+        try:
+            data = await call(request)
+        except grpc.aio.AioRpcError as exc:
+            if window.counts(time.perf_counter()):
+                samples.errors[exc.code().name] += 1
+            return
+        finally:
+            slots.release()
+        finished = time.perf_counter()
+        if window.counts(finished):
+            _record_response(data, scheduled, finished, samples)
+
+    start = time.perf_counter()
+    k = 0
+    while (scheduled := start + k / load.rate) < window.end:
+        k += 1
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        task = asyncio.create_task(one(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _stream_client(
     method: grpc.aio.StreamStreamMultiCallable[bytes, bytes],
     request: bytes,
@@ -248,6 +292,9 @@ async def grpc_load(
             clients = [
                 _stream_client(stream, request, load.window, window, samples) for _ in range(load.concurrency)
             ]
+        elif load.rate > 0:
+            unary = channel.unary_unary(DETECT_METHOD, None, None)
+            clients = [_open_loop_client(unary, request, load, window, samples)]
         else:
             unary = channel.unary_unary(DETECT_METHOD, None, None)
             clients = [_unary_client(unary, request, window, samples) for _ in range(load.concurrency)]
@@ -289,7 +336,7 @@ async def grpc_run(
             args=(
                 target,
                 request,
-                replace(load, concurrency=share),
+                replace(load, concurrency=share, rate=load.rate * share / load.concurrency),
                 server_pid if i == 0 else None,
                 barrier,
                 i == 0,
@@ -611,6 +658,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--stream", action="store_true", help="use StreamDetectFaces: one stream per client")
     parser.add_argument("--window", type=int, default=1, metavar="W", help="frames in flight per stream")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="open loop: offer R unary requests per second in total, on a fixed schedule, with at most "
+        "--concurrency in flight; latency counts from each request's scheduled time",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=0,
@@ -704,7 +759,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"facedet bench: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_format, "warning")
-    loads = [Load(c, args.warmup, args.duration, args.stream, args.window) for c in args.concurrency]
+    if args.rate and (args.stream or args.in_process or args.compare):
+        print(
+            "facedet bench: --rate is for unary calls through gRPC (not --stream/--in-process/--compare)",
+            file=sys.stderr,
+        )
+        return 2
+    loads = [
+        Load(c, args.warmup, args.duration, args.stream, args.window, args.rate) for c in args.concurrency
+    ]
     try:
         if args.in_process:
             reports = run_loop(_in_process(config, data, loads))
