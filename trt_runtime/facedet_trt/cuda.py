@@ -342,36 +342,31 @@ def _resolve(buf: PinnedBuffer | DeviceBuffer | int, nbytes: int | None, role: s
     return buf.ptr, n
 
 
-def memcpy_htod_async(dst: DeviceLike, src: HostLike, stream: Stream, nbytes: int | None = None) -> None:
-    """Host (pinned) -> device on `stream`; nbytes defaults to the smaller buffer's size."""
+def _memcpy_async(dst: Any, src: Any, stream: Stream, nbytes: int | None, kind_name: str, what: str) -> None:
     if nbytes is None and not isinstance(dst, int) and not isinstance(src, int):
         nbytes = min(dst.nbytes, src.nbytes)
     d, n = _resolve(dst, nbytes, "destination")
     s, n = _resolve(src, n, "source")
     rt = _rt()
-    kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-    check(rt.cudaMemcpyAsync(d, s, n, kind, stream.handle), "cudaMemcpyAsync(host->device)")
+    check(
+        rt.cudaMemcpyAsync(d, s, n, getattr(rt.cudaMemcpyKind, kind_name), stream.handle),
+        f"cudaMemcpyAsync({what})",
+    )
+
+
+def memcpy_htod_async(dst: DeviceLike, src: HostLike, stream: Stream, nbytes: int | None = None) -> None:
+    """Host (pinned) -> device on `stream`; nbytes defaults to the smaller buffer's size."""
+    _memcpy_async(dst, src, stream, nbytes, "cudaMemcpyHostToDevice", "host->device")
 
 
 def memcpy_dtoh_async(dst: HostLike, src: DeviceLike, stream: Stream, nbytes: int | None = None) -> None:
     """Device -> host (pinned) on `stream`; nbytes defaults to the smaller buffer's size."""
-    if nbytes is None and not isinstance(dst, int) and not isinstance(src, int):
-        nbytes = min(dst.nbytes, src.nbytes)
-    d, n = _resolve(dst, nbytes, "destination")
-    s, n = _resolve(src, n, "source")
-    rt = _rt()
-    kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    check(rt.cudaMemcpyAsync(d, s, n, kind, stream.handle), "cudaMemcpyAsync(device->host)")
+    _memcpy_async(dst, src, stream, nbytes, "cudaMemcpyDeviceToHost", "device->host")
 
 
 def memcpy_dtod_async(dst: DeviceLike, src: DeviceLike, stream: Stream, nbytes: int | None = None) -> None:
-    if nbytes is None and not isinstance(dst, int) and not isinstance(src, int):
-        nbytes = min(dst.nbytes, src.nbytes)
-    d, n = _resolve(dst, nbytes, "destination")
-    s, n = _resolve(src, n, "source")
-    rt = _rt()
-    kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-    check(rt.cudaMemcpyAsync(d, s, n, kind, stream.handle), "cudaMemcpyAsync(device->device)")
+    """Device -> device on `stream`; nbytes defaults to the smaller buffer's size."""
+    _memcpy_async(dst, src, stream, nbytes, "cudaMemcpyDeviceToDevice", "device->device")
 
 
 def memset_async(dst: DeviceLike, value: int, stream: Stream, nbytes: int | None = None) -> None:
