@@ -78,7 +78,8 @@ class Limits:
     max_faces: int = 1000
 
 
-def _us(start: float) -> int:
+def micros_since(start: float) -> int:
+    """Microseconds since a time.perf_counter() reading (the unit of every Timing field)."""
     return int((time.perf_counter() - start) * 1e6)
 
 
@@ -139,7 +140,7 @@ class Detector:
             decoded.pixels, target_w, target_h, self.spec.pad_value, (decoded.scale_x, decoded.scale_y)
         )
         prepared = Prepared(canvas, transform, decoded.width, decoded.height, options)
-        prepared.timing.decode_us = _us(start)
+        prepared.timing.decode_us = micros_since(start)
         return prepared
 
     def infer_batch(self, items: Sequence[Prepared]) -> list[Detection | DetectError]:
@@ -162,14 +163,14 @@ class Detector:
         for slot, item in zip(batch, items, strict=True):
             to_tensor(item.canvas, slot, self.spec.scale)
         candidates = decode_heads(self.backend.run(batch), self.spec)
-        inference_us = _us(start)
+        inference_us = micros_since(start)
         detections = []
         for item, cands in zip(items, candidates, strict=True):
             post_start = time.perf_counter()
             faces = select_faces(cands, item.options, item.transform, item.width, item.height)
             timing = item.timing
             timing.inference_us = inference_us
-            timing.postprocess_us = _us(post_start)
+            timing.postprocess_us = micros_since(post_start)
             timing.batch_size = len(items)
             detections.append(Detection(faces, item.width, item.height, timing))
         return detections
@@ -180,7 +181,7 @@ class Detector:
         (detection,) = self.infer_batch([self.prepare(image, options or Options())])
         if isinstance(detection, DetectError):
             raise detection
-        detection.timing.total_us = _us(start)
+        detection.timing.total_us = micros_since(start)
         return detection
 
     def warm_up(self) -> None:

@@ -23,6 +23,7 @@ from facedet_server.detector import (
     RawFrame,
     Timing,
     decode_image,
+    micros_since,
 )
 from facedet_server.errors import DetectError, InvalidImage
 from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
@@ -48,10 +49,6 @@ class GpuPrepared:
     pixels: np.ndarray | None = None  # already decoded on the CPU (raw frames, PNG, fallbacks)
     scale: tuple[float, float] = (1.0, 1.0)
     timing: Timing = field(default_factory=Timing)
-
-
-def _us(start: float) -> int:
-    return int((time.perf_counter() - start) * 1e6)
 
 
 class GpuDetector:
@@ -90,7 +87,7 @@ class GpuDetector:
             check_pixels(width, height, self.limits.max_pixels)
             if colorspace != "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
                 prepared = GpuPrepared(options, width, height, jpeg=image.data)
-                prepared.timing.decode_us = _us(start)
+                prepared.timing.decode_us = micros_since(start)
                 return prepared
         decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
         prepared = GpuPrepared(
@@ -100,7 +97,7 @@ class GpuDetector:
             pixels=decoded.pixels,
             scale=(decoded.scale_x, decoded.scale_y),
         )
-        prepared.timing.decode_us = _us(start)
+        prepared.timing.decode_us = micros_since(start)
         return prepared
 
     def _to_device(self, items: Sequence[GpuPrepared]) -> list[torch.Tensor | DetectError]:
@@ -169,8 +166,8 @@ class GpuDetector:
         faces = select_faces_batch(
             candidates, [it.options for it in items], transforms, [(it.width, it.height) for it in items]
         )  # ends with the one device->host copy, which also waits for the model
-        post_us = _us(post_start)
-        inference_us = _us(start) - post_us
+        post_us = micros_since(post_start)
+        inference_us = micros_since(start) - post_us
         detections = []
         for item, item_faces in zip(items, faces, strict=True):
             timing = item.timing
@@ -183,7 +180,7 @@ class GpuDetector:
         (result,) = self.infer_batch([self.prepare(image, options or Options())])
         if isinstance(result, DetectError):
             raise result
-        result.timing.total_us = _us(start)
+        result.timing.total_us = micros_since(start)
         return result
 
     def warm_up(self) -> None:
