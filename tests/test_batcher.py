@@ -101,7 +101,7 @@ def test_counters_and_depth() -> None:
     assert [len(b) for b in recorder.batches] == [2, 2, 1]
 
 
-def test_lone_item_waits_for_the_delay_and_no_longer() -> None:
+def test_lone_item_on_an_idle_batcher_runs_at_once() -> None:
     recorder = Recorder()
 
     async def body(batcher: Batcher[int, int]) -> float:
@@ -109,10 +109,26 @@ def test_lone_item_waits_for_the_delay_and_no_longer() -> None:
         assert await batcher.submit(21) == 42
         return time.perf_counter() - start
 
-    waited = run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=200), body))
-    assert 0.19 <= waited < 0.6
-    no_delay = run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=0), body))
-    assert no_delay < 0.1
+    # Nothing else is running, so waiting 5 s for company would only add latency.
+    assert run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=5000), body)) < 0.5
+
+
+def test_while_a_batch_runs_a_lone_item_waits_for_the_delay_and_no_longer() -> None:
+    recorder = Recorder(delay=1.0)
+    queued: dict[int, float] = {}
+
+    async def body(batcher: Batcher[int, int]) -> list[int]:
+        busy = asyncio.ensure_future(batcher.submit(1))  # runs at once and holds a worker 1 s
+        await asyncio.sleep(0.05)
+        lone = await batcher.submit(2)
+        return [await busy, lone]
+
+    config = BatcherConfig(max_batch=8, max_delay_ms=200, workers=2)
+    results = run(with_batcher(recorder, config, body, on_start=queued.__setitem__))
+    assert results == [2, 4]
+    assert recorder.batches == [[1], [2]]
+    assert queued[1] < 0.1
+    assert 0.19 <= queued[2] < 0.6  # waited max_delay_ms for company, not for the busy batch
 
 
 def test_full_batch_does_not_wait_for_the_delay() -> None:
@@ -129,16 +145,19 @@ def test_full_batch_does_not_wait_for_the_delay() -> None:
 
 
 def test_items_arriving_within_the_delay_join_the_batch() -> None:
-    recorder = Recorder()
+    recorder = Recorder(delay=0.5)
 
     async def body(batcher: Batcher[int, int]) -> list[int]:
+        busy = asyncio.ensure_future(batcher.submit(0))  # keeps one worker busy
+        await asyncio.sleep(0.05)
         first = asyncio.ensure_future(batcher.submit(1))
         await asyncio.sleep(0.05)
         second = asyncio.ensure_future(batcher.submit(2))
-        return list(await asyncio.gather(first, second))
+        return list(await asyncio.gather(busy, first, second))
 
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=400), body)) == [2, 4]
-    assert recorder.batches == [[1, 2]]
+    config = BatcherConfig(max_batch=8, max_delay_ms=400, workers=2)
+    assert run(with_batcher(recorder, config, body)) == [0, 2, 4]
+    assert recorder.batches == [[0], [1, 2]]
 
 
 def test_full_queue_is_overloaded() -> None:

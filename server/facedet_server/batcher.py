@@ -1,5 +1,6 @@
 """Dynamic batching: requests from all calls and streams share one bounded queue, and workers
-take up to `max_batch` of them at a time, waiting at most `max_delay_ms` for a batch to fill.
+take up to `max_batch` of them at a time, waiting at most `max_delay_ms` for a batch to fill
+while another batch runs (an idle model takes what is queued at once).
 
 The batcher is generic: it knows nothing of images or models, only "a list of items in, a list
 of results (or exceptions) out", run on an executor so the event loop stays free.
@@ -57,6 +58,7 @@ class Batcher(Generic[T, R]):
         self._closing = False
         # Submitted and not yet answered: queued, held by a worker filling a batch, or running.
         self._outstanding = 0
+        self._running = 0  # batches handed to the executor and not yet returned
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches = 0
@@ -93,6 +95,11 @@ class Batcher(Generic[T, R]):
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if self._running == 0:
+                # Nothing is running: waiting for company would only leave the model idle and
+                # add max_delay_ms to a lone request. Under load a batch is always running, so
+                # the next one fills while it waits its turn.
+                break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -118,6 +125,7 @@ class Batcher(Generic[T, R]):
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()
+        self._running += 1
         if self._on_start is not None:
             for p in batch:
                 self._on_start(p.item, started - p.enqueued)
@@ -133,6 +141,7 @@ class Batcher(Generic[T, R]):
             _fail(batch, exc)
             return
         finally:
+            self._running -= 1
             self.batches += 1
             self.items += len(batch)
         for p, result in zip(batch, results, strict=True):
