@@ -91,7 +91,8 @@ def decode_image(image: ImageInput, max_pixels: int, target: tuple[int, int] | N
 
 
 class Pipeline(Protocol):
-    """What the service schedules: `prepare` on the decode pool, `infer_batch` on an inference
+    """What the service schedules: `prepare` on the decode pool (or `prepare_inline` on the
+    event loop, when it says the work is only a header check), `infer_batch` on an inference
     thread. `Detector` (host pre/post-processing, any backend) and `GpuDetector` implement it."""
 
     @property
@@ -107,6 +108,8 @@ class Pipeline(Protocol):
     def input_shape(self) -> tuple[int, int]: ...
 
     def prepare(self, image: ImageInput, options: Options) -> Any: ...
+
+    def prepare_inline(self, image: ImageInput, options: Options) -> Any | None: ...
 
     def infer_batch(self, items: Sequence[Any]) -> Sequence[Detection | DetectError]: ...
 
@@ -142,6 +145,10 @@ class Detector:
         prepared = Prepared(canvas, transform, decoded.width, decoded.height, options)
         prepared.timing.decode_us = micros_since(start)
         return prepared
+
+    def prepare_inline(self, image: ImageInput, options: Options) -> None:
+        """Every image needs a CPU decode here: always the decode pool."""
+        return None
 
     def infer_batch(self, items: Sequence[Prepared]) -> list[Detection | DetectError]:
         """Run the model on images of any shapes: images of one input shape share a model call."""

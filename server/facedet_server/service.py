@@ -109,8 +109,10 @@ class DetectionService:
         start = time.perf_counter()
         try:
             options = self.options(requested or RequestOptions())
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self.decode_pool, self.detector.prepare, image, options)
+            prepared = self.detector.prepare_inline(image, options)
+            if prepared is None:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self.decode_pool, self.detector.prepare, image, options)
             detection = await self.batcher.submit(prepared)
         except DetectError as exc:
             self.stats.failed[exc.code.value] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +39,14 @@ def nvjpeg_available() -> bool:
     except (ImportError, RuntimeError):
         return False
     return bool(torch.cuda.is_available())
+
+
+def jpeg_tensors(datas: Sequence[bytes]) -> list[torch.Tensor]:
+    """The compressed bytes as uint8 tensors for nvJPEG, without copying them: nvJPEG only
+    reads its input, so torch's warning about wrapping read-only memory does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+        return [torch.frombuffer(data, dtype=torch.uint8) for data in datas]
 
 
 @dataclass
@@ -77,18 +86,28 @@ class GpuDetector:
         fixed = None if self.rectangular else self.input_shape
         return input_shape_for(width, height, fixed, self.input_size, self.spec.size_multiple)
 
-    def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
+    def prepare_inline(self, image: ImageInput, options: Options) -> GpuPrepared | None:
+        """A JPEG that nvJPEG will decode needs only its header checked against the limits
+        (microseconds), cheaper than a hop to the decode pool; None for anything else."""
+        if not (self.gpu_decode and isinstance(image, EncodedImage) and image.data.startswith(JPEG_MAGIC)):
+            return None
         start = time.perf_counter()
-        if self.gpu_decode and isinstance(image, EncodedImage) and image.data.startswith(JPEG_MAGIC):
-            try:
-                height, width, colorspace, _ = simplejpeg.decode_jpeg_header(image.data)
-            except ValueError as exc:
-                raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
-            check_pixels(width, height, self.limits.max_pixels)
-            if colorspace != "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
-                prepared = GpuPrepared(options, width, height, jpeg=image.data)
-                prepared.timing.decode_us = micros_since(start)
-                return prepared
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(image.data)
+        except ValueError as exc:
+            raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
+        check_pixels(width, height, self.limits.max_pixels)
+        if colorspace == "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
+            return None
+        prepared = GpuPrepared(options, width, height, jpeg=image.data)
+        prepared.timing.decode_us = micros_since(start)
+        return prepared
+
+    def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
+        inline = self.prepare_inline(image, options)
+        if inline is not None:
+            return inline
+        start = time.perf_counter()
         decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
         prepared = GpuPrepared(
             options,
@@ -109,7 +128,7 @@ class GpuDetector:
         if jpeg_idx:
             from torchvision.io import decode_jpeg
 
-            datas = [torch.frombuffer(bytearray(items[i].jpeg or b""), dtype=torch.uint8) for i in jpeg_idx]
+            datas = jpeg_tensors([items[i].jpeg or b"" for i in jpeg_idx])
             try:
                 decoded = decode_jpeg(datas, device=device)
                 for i, tensor in zip(jpeg_idx, decoded, strict=True):
