@@ -49,6 +49,7 @@ def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
         intra_op_threads=config.intra_op_threads,
         inter_op_threads=config.inter_op_threads,
         device=config.device,
+        compile_mode=config.compile,
     )
     limits = Limits(config.max_pixels, config.max_faces)
     detector: Pipeline
@@ -59,7 +60,7 @@ def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
         assert isinstance(backend, TorchCudaBackend)
         gpu_decode = config.gpu_decode == "on" or (config.gpu_decode == "auto" and nvjpeg_available())
         detector = GpuDetector(backend, limits, config.input_size, gpu_decode=gpu_decode)
-        log.info("gpu_pipeline", nvjpeg=gpu_decode, buckets=backend.buckets)
+        log.info("gpu_pipeline", nvjpeg=gpu_decode, buckets=backend.buckets, compile=backend.compile_mode)
     else:
         detector = Detector(backend, limits, config.input_size)
     batcher_config = BatcherConfig(

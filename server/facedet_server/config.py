@@ -107,6 +107,14 @@ SETTINGS: tuple[Setting, ...] = (
         "decode JPEGs on the GPU with nvJPEG (torch backend): auto, on, off",
         choices=("auto", "on", "off"),
     ),
+    Setting(
+        "compile",
+        "default",
+        "torch backend: compile the model with inductor under the CUDA graphs (about 2.4x the "
+        "model's throughput; the first start compiles for 30-60 s, later starts reuse "
+        "$FACEDET_HOME/inductor): default, max-autotune (longer compile), off",
+        choices=("default", "max-autotune", "off"),
+    ),
 )
 
 
@@ -137,6 +145,7 @@ class ServerConfig:
     reuse_port: bool = False
     device: str = "cuda:0"
     gpu_decode: str = "auto"
+    compile: str = "default"
 
 
 assert {s.name for s in SETTINGS} == {f.name for f in fields(ServerConfig)}, (

@@ -70,6 +70,27 @@ def test_torch_cuda_matches_onnxruntime_cpu(
     assert_same_faces(ref, got)
 
 
+@pytest.fixture(scope="module")
+def compiled_backend() -> TorchCudaBackend:
+    backend = TorchCudaBackend(MODEL, max_batch=8, compile_mode="default")
+    backend.warm_up([(640, 640), (640, 384)])  # the shapes that run compiled
+    return backend
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
+def test_compiled_model_matches_onnxruntime_cpu(
+    name: str, cpu_detector: Detector, compiled_backend: TorchCudaBackend, torch_backend: TorchCudaBackend
+) -> None:
+    """What the server runs by default: inductor's kernels captured in the per-bucket graphs."""
+    data = image_bytes(name)
+    ref = cpu_detector.detect(EncodedImage(data)).faces
+    square = GpuDetector(compiled_backend, gpu_decode=False, rectangular=False)
+    assert_same_faces(ref, square.detect(EncodedImage(data)).faces)
+    rect = GpuDetector(compiled_backend).detect(EncodedImage(data)).faces  # nvJPEG, 640x384 for 16:9
+    eager = GpuDetector(torch_backend).detect(EncodedImage(data)).faces
+    assert_same_faces(eager, rect)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
 def test_rectangular_letterbox_finds_the_same_faces(name: str, torch_backend: TorchCudaBackend) -> None:
     data = image_bytes(name)
@@ -171,7 +192,9 @@ def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> No
         "--max-queue",
         "1024",
         unix=False,
+        start=False,
     )
+    server.start(timeout=300)  # the default --compile compiles three shapes first (cold cache)
     assert server.proc is not None
     pid = server.proc.pid
     _send(server.target, 4000, 16)  # warm-up: every batch bucket gets used and captured

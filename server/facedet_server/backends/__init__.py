@@ -39,6 +39,7 @@ def load_backend(
     intra_op_threads: int = 0,
     inter_op_threads: int = 1,
     device: str = "cuda:0",
+    compile_mode: str = "off",
 ) -> Backend:
     name, reason = choose_backend(requested, model_path)
     log.info("backend_chosen", backend=name, reason=reason, model=str(model_path))
@@ -49,7 +50,9 @@ def load_backend(
     if name == "torch":
         from facedet_server.backends.torch_cuda import TorchCudaBackend
 
-        backend: Backend = TorchCudaBackend(model_path, max_batch=max_batch, device=device)
+        backend: Backend = TorchCudaBackend(
+            model_path, max_batch=max_batch, device=device, compile_mode=compile_mode
+        )
         return backend
     if name == "tensorrt":
         try:
