@@ -110,9 +110,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "compile",
         "default",
-        "torch backend: compile the model with inductor under the CUDA graphs (about 2.4x the "
-        "model's throughput; the first start compiles for 30-60 s, later starts reuse "
-        "$FACEDET_HOME/inductor): default, max-autotune (longer compile), off",
+        "torch backend: compile the model with inductor under the CUDA graphs (about 2.3x the "
+        "model's throughput; a first start compiles three shapes for 1-3 minutes, later starts "
+        "reuse $FACEDET_HOME/inductor): default, max-autotune (longer compile), off",
         choices=("default", "max-autotune", "off"),
     ),
 )
