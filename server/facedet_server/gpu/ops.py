@@ -35,21 +35,19 @@ def _area_weights(old: int, new: int) -> np.ndarray:
     return weights
 
 
-def area_resize(
-    image: torch.Tensor, new_h: int, new_w: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def area_resize(image: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
     """Shrink (..., h, w) images as cv2.INTER_AREA does, as two matrix products (cheap on GPU
     matrix units), so the GPU letterbox feeds the model the pixels the CPU path would."""
     h, w = image.shape[-2:]
-    rows = _area_matrix(h, new_h, image.device, dtype)
-    cols = _area_matrix(w, new_w, image.device, dtype)
-    return rows @ image.to(dtype) @ cols.T
+    rows = _area_matrix(h, new_h, image.device)
+    cols = _area_matrix(w, new_w, image.device)
+    return rows @ image.float() @ cols.T
 
 
 @functools.lru_cache(maxsize=64)
-def _area_matrix(old: int, new: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _area_matrix(old: int, new: int, device: torch.device) -> torch.Tensor:
     # Kept on the device: a video stream's frames all need the same two matrices.
-    return torch.from_numpy(_area_weights(old, new)).to(device, dtype)
+    return torch.from_numpy(_area_weights(old, new)).to(device)
 
 
 def letterbox_into(
@@ -78,9 +76,8 @@ def letterbox_batch(
     n = len(images)
     scales = source_scales or [(1.0, 1.0)] * n
     target_h, target_w = out.shape[2:]
-    # The resize math stays in FP32 even for an FP16 batch: FP16 intermediates flip pixels by a
-    # level near .5 and moved landmarks by over 2 px against the CPU path on the H200.
-    work_dtype = torch.float32
+    # The resize math is FP32 even for an FP16 batch: FP16 intermediates flip pixels by a level
+    # near .5 and moved landmarks by over 2 px against the CPU path on the H200.
     out.fill_(pad_value * scale)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images):
@@ -90,14 +87,14 @@ def letterbox_batch(
         new_w, new_h, left, top = letterbox_geometry(w, h, target_w, target_h)
         stacked = torch.stack([images[i] for i in members]) if len(members) > 1 else images[members[0]][None]
         if (new_w, new_h) == (w, h):
-            resized = stacked.to(work_dtype)
+            resized = stacked.float()
         elif new_w < w and h % new_h == 0 and w % new_w == 0:
             # Whole-number shrink factors (720p, 1080p and 4K frames to 640x360): INTER_AREA is
             # then a plain box average, one cheap pooling kernel instead of two matrix products.
             kernel = (h // new_h, w // new_w)
-            resized = F.avg_pool2d(stacked.to(work_dtype), kernel, kernel).round_()
+            resized = F.avg_pool2d(stacked.float(), kernel, kernel).round_()
         elif new_w < w:
-            resized = area_resize(stacked, new_h, new_w, work_dtype).clamp_(0, 255).round_()
+            resized = area_resize(stacked, new_h, new_w).clamp_(0, 255).round_()
         else:
             resized = F.interpolate(
                 stacked.float(), size=(new_h, new_w), mode="bilinear", align_corners=False
