@@ -9,6 +9,7 @@ from types import TracebackType
 
 import grpc
 
+from facedet.client.base import ClientDefaults
 from facedet.client.channel import (
     HEALTH_METHOD,
     ChannelOptions,
@@ -17,7 +18,7 @@ from facedet.client.channel import (
 )
 from facedet.client.channel import channel_options as make_channel_options
 from facedet.client.errors import FaceDetectorError
-from facedet.client.images import Frame, ImageLike, PixelFormat, build_request, frame_request
+from facedet.client.images import Frame, ImageLike, PixelFormat, frame_request
 from facedet.client.messages import Detection, DetectionOptions, ModelInfo
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
@@ -25,7 +26,7 @@ from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 Frames = Iterable[ImageLike | Frame] | AsyncIterable[ImageLike | Frame]
 
 
-class AsyncFaceDetectorClient:
+class AsyncFaceDetectorClient(ClientDefaults):
     """Same API as FaceDetectorClient, async. Create it inside the event loop that uses it
     (grpc.aio binds a channel to the running loop), ideally as `async with`."""
 
@@ -38,17 +39,10 @@ class AsyncFaceDetectorClient:
         channel_options: ChannelOptions = (),
         pixel_format: PixelFormat = "RGB",
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.options = options
-        self.pixel_format: PixelFormat = pixel_format
+        super().__init__(target, timeout=timeout, options=options, pixel_format=pixel_format)
         self._channel = grpc.aio.insecure_channel(target, options=make_channel_options(channel_options))
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
-
-    def _options(self, options: DetectionOptions | None) -> pb.DetectionOptions | None:
-        chosen = options if options is not None else self.options
-        return chosen.to_proto() if chosen is not None else None
 
     async def detect(
         self,
@@ -58,12 +52,7 @@ class AsyncFaceDetectorClient:
         *,
         pixel_format: PixelFormat | None = None,
     ) -> Detection:
-        request = build_request(
-            image,
-            options=self._options(options),
-            frame_id=frame_id,
-            pixel_format=pixel_format or self.pixel_format,
-        )
+        request = self._detect_request(image, options, frame_id, pixel_format)
         return Detection.from_proto(await self.detect_request(request))
 
     async def detect_request(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:

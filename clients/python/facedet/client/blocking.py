@@ -8,6 +8,7 @@ from types import TracebackType
 
 import grpc
 
+from facedet.client.base import ClientDefaults
 from facedet.client.channel import (
     HEALTH_METHOD,
     ChannelOptions,
@@ -16,13 +17,13 @@ from facedet.client.channel import (
 )
 from facedet.client.channel import channel_options as make_channel_options
 from facedet.client.errors import FaceDetectorError
-from facedet.client.images import Frame, ImageLike, PixelFormat, build_request, frame_request
+from facedet.client.images import Frame, ImageLike, PixelFormat, frame_request
 from facedet.client.messages import Detection, DetectionOptions, ModelInfo
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 
 
-class FaceDetectorClient:
+class FaceDetectorClient(ClientDefaults):
     """Blocking client for one server. `target` is `host:port` or `unix:///path/to.sock`.
 
     `timeout` (seconds) bounds each unary call (streams take their own, as they may run for
@@ -38,17 +39,10 @@ class FaceDetectorClient:
         channel_options: ChannelOptions = (),
         pixel_format: PixelFormat = "RGB",
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.options = options
-        self.pixel_format: PixelFormat = pixel_format
+        super().__init__(target, timeout=timeout, options=options, pixel_format=pixel_format)
         self._channel = grpc.insecure_channel(target, options=make_channel_options(channel_options))
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
-
-    def _options(self, options: DetectionOptions | None) -> pb.DetectionOptions | None:
-        chosen = options if options is not None else self.options
-        return chosen.to_proto() if chosen is not None else None
 
     def detect(
         self,
@@ -59,12 +53,7 @@ class FaceDetectorClient:
         pixel_format: PixelFormat | None = None,
     ) -> Detection:
         """Faces in one image (a path, JPEG/PNG bytes, or an RGB/BGR/gray uint8 array)."""
-        request = build_request(
-            image,
-            options=self._options(options),
-            frame_id=frame_id,
-            pixel_format=pixel_format or self.pixel_format,
-        )
+        request = self._detect_request(image, options, frame_id, pixel_format)
         return Detection.from_proto(self.detect_request(request))
 
     def detect_request(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
