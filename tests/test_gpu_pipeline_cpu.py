@@ -4,6 +4,8 @@ The real GPU runs are tests/gpu; these catch logic errors on every machine."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import Detector, EncodedImage, Limits, RawFrame  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
+from facedet_server.gpu.prepare import GpuPreparer  # noqa: E402
 from facedet_server.options import Options  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes, require  # noqa: E402
 
@@ -61,19 +64,24 @@ def test_a_batch_of_mixed_inputs_gives_each_its_own_faces(backend: TorchCudaBack
 def test_prepare_inline_checks_only_the_header_and_leaves_the_rest_to_the_pool(
     backend: TorchCudaBackend,
 ) -> None:
-    detector = GpuDetector(backend, limits=Limits(max_pixels=1280 * 720))
-    detector.gpu_decode = True  # as on a GPU with nvJPEG; the inline step never touches the GPU
+    # gpu_decode on, as on a GPU with nvJPEG: the inline step never touches the GPU.
+    preparer = GpuPreparer(backend.spec, Limits(max_pixels=1280 * 720), gpu_decode=True)
     zidane = image_bytes("zidane.jpg")
-    prepared = detector.prepare_inline(EncodedImage(zidane), Options())
+    prepared = preparer.prepare_inline(EncodedImage(zidane), Options())
     assert prepared is not None
     assert (prepared.width, prepared.height, prepared.jpeg, prepared.pixels) == (1280, 720, zidane, None)
     # PNG and raw frames need a CPU decode: the decode pool's job, not the event loop's.
-    assert detector.prepare_inline(RawFrame(4, 4, "RGB8", bytes(48)), Options()) is None
-    assert detector.prepare_inline(EncodedImage(b"\x89PNG\r\n\x1a\n" + bytes(64)), Options()) is None
-    detector.limits = Limits(max_pixels=1280 * 720 - 1)
+    assert preparer.prepare_inline(RawFrame(4, 4, "RGB8", bytes(48)), Options()) is None
+    assert preparer.prepare_inline(EncodedImage(b"\x89PNG\r\n\x1a\n" + bytes(64)), Options()) is None
+    tight = dataclasses.replace(preparer, limits=Limits(max_pixels=1280 * 720 - 1))
     with pytest.raises(InvalidImage, match="over the server limit"):
-        detector.prepare_inline(EncodedImage(zidane), Options())
+        tight.prepare_inline(EncodedImage(zidane), Options())
     with pytest.raises(InvalidImage, match="header"):
-        detector.prepare_inline(EncodedImage(zidane[:3] + b"\x00" * 40), Options())
-    detector.gpu_decode = False  # --gpu-decode off: every JPEG goes to the pool
-    assert detector.prepare_inline(EncodedImage(zidane), Options()) is None
+        preparer.prepare_inline(EncodedImage(zidane[:3] + b"\x00" * 40), Options())
+    # --gpu-decode off: every JPEG goes to the pool
+    assert (
+        dataclasses.replace(preparer, gpu_decode=False).prepare_inline(EncodedImage(zidane), Options())
+        is None
+    )
+    # A GpuDetector off the GPU (this CPU build) never decodes inline, whatever it is asked.
+    assert GpuDetector(backend, gpu_decode=True).prepare_inline(EncodedImage(zidane), Options()) is None

@@ -90,19 +90,57 @@ def decode_image(image: ImageInput, max_pixels: int, target: tuple[int, int] | N
     return decode_raw(image.width, image.height, image.pixel_format, image.data, max_pixels)
 
 
+class Preparer(Protocol):
+    """The request-side half of a pipeline: checks and decodes one image on the CPU. It needs
+    no model runtime, so a front-end process without the model (see `facedet_server.engine`)
+    runs the same code as the process that has it."""
+
+    @property
+    def input_shape(self) -> tuple[int, int]: ...
+
+    def prepare(self, image: ImageInput, options: Options) -> Any: ...
+
+    def prepare_inline(self, image: ImageInput, options: Options) -> Any | None: ...
+
+
+class BackendInfo(Protocol):
+    """What the service reports about the model runtime (GetModelInfo) and closes at exit."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def max_batch(self) -> int: ...
+
+    @property
+    def model_sha256(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
 class Pipeline(Protocol):
     """What the service schedules: `prepare` on the decode pool (or `prepare_inline` on the
     event loop, when it says the work is only a header check), `infer_batch` on an inference
-    thread. `Detector` (host pre/post-processing, any backend) and `GpuDetector` implement it."""
+    thread. `Detector` (host pre/post-processing, any backend), `GpuDetector` and
+    `EnginePipeline` (the model in another process) implement it."""
 
     @property
-    def backend(self) -> Backend: ...
+    def backend(self) -> BackendInfo: ...
 
     @property
     def spec(self) -> ModelSpec: ...
 
     @property
     def limits(self) -> Limits: ...
+
+    @property
+    def preparer(self) -> Preparer: ...
 
     @property
     def input_shape(self) -> tuple[int, int]: ...
@@ -118,18 +156,22 @@ class Pipeline(Protocol):
     def warm_up(self) -> None: ...
 
 
-class Detector:
-    def __init__(self, backend: Backend, limits: Limits | None = None, input_size: int = 640) -> None:
-        self.backend = backend
-        self.spec = backend.spec
-        self.limits = limits or Limits()
+@dataclass(frozen=True)
+class HostPreparer:
+    """Decode and letterbox on the CPU, for backends that take a host float32 batch."""
+
+    spec: ModelSpec
+    limits: Limits
+    input_size: int = 640
+
+    @property
+    def fixed_shape(self) -> tuple[int, int] | None:
         spec = self.spec
-        self.fixed_shape = None if spec.dynamic_shape else (spec.input_width or 0, spec.input_height or 0)
-        self.input_size = input_size
+        return None if spec.dynamic_shape else (spec.input_width or 0, spec.input_height or 0)
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        """The largest network input (width, height) this detector feeds the model."""
+        """The largest network input (width, height) this pipeline feeds the model."""
         return self.fixed_shape or (self.input_size, self.input_size)
 
     def prepare(self, image: ImageInput, options: Options) -> Prepared:
@@ -149,6 +191,26 @@ class Detector:
     def prepare_inline(self, image: ImageInput, options: Options) -> None:
         """Every image needs a CPU decode here: always the decode pool."""
         return None
+
+
+class Detector:
+    def __init__(self, backend: Backend, limits: Limits | None = None, input_size: int = 640) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.limits = limits or Limits()
+        self.preparer = HostPreparer(self.spec, self.limits, input_size)
+        self.fixed_shape = self.preparer.fixed_shape
+        self.input_size = input_size
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return self.preparer.input_shape
+
+    def prepare(self, image: ImageInput, options: Options) -> Prepared:
+        return self.preparer.prepare(image, options)
+
+    def prepare_inline(self, image: ImageInput, options: Options) -> None:
+        return self.preparer.prepare_inline(image, options)
 
     def infer_batch(self, items: Sequence[Prepared]) -> list[Detection | DetectError]:
         """Run the model on images of any shapes: images of one input shape share a model call."""

@@ -1,6 +1,6 @@
 """`GpuDetector`: the Detector interface with decode (nvJPEG), letterbox, model and NMS on the
-GPU. The CPU side of a request (`prepare`) only checks the header against the limits, so the
-decode pool stays cheap and the GPU sees whole batches of compressed bytes."""
+GPU. The CPU side of a request (`GpuPreparer`, in `gpu.prepare`) only checks the header against
+the limits, so the decode pool stays cheap and the GPU sees whole batches of compressed bytes."""
 
 from __future__ import annotations
 
@@ -8,28 +8,26 @@ import contextlib
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import simplejpeg
 import torch
 
 from facedet_server.backends.torch_cuda import TorchCudaBackend
-from facedet_server.decode import JPEG_MAGIC, check_pixels
 from facedet_server.detector import (
     Detection,
     EncodedImage,
     ImageInput,
     Limits,
     RawFrame,
-    Timing,
     decode_image,
     micros_since,
 )
 from facedet_server.errors import DetectError, InvalidImage
 from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
-from facedet_server.letterbox import input_shape_for
+from facedet_server.gpu.prepare import GpuPrepared, GpuPreparer
 from facedet_server.options import Options
+
+__all__ = ["GpuDetector", "GpuPrepared", "jpeg_tensors", "nvjpeg_available"]
 
 
 def nvjpeg_available() -> bool:
@@ -41,23 +39,12 @@ def nvjpeg_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def jpeg_tensors(datas: Sequence[bytes]) -> list[torch.Tensor]:
+def jpeg_tensors(datas: Sequence[bytes | memoryview]) -> list[torch.Tensor]:
     """The compressed bytes as uint8 tensors for nvJPEG, without copying them: nvJPEG only
     reads its input, so torch's warning about wrapping read-only memory does not apply."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
         return [torch.frombuffer(data, dtype=torch.uint8) for data in datas]
-
-
-@dataclass
-class GpuPrepared:
-    options: Options
-    width: int
-    height: int
-    jpeg: bytes | None = None  # decoded on the GPU
-    pixels: np.ndarray | None = None  # already decoded on the CPU (raw frames, PNG, fallbacks)
-    scale: tuple[float, float] = (1.0, 1.0)
-    timing: Timing = field(default_factory=Timing)
 
 
 class GpuDetector:
@@ -74,50 +61,20 @@ class GpuDetector:
         self.limits = limits or Limits()
         self.input_size = input_size
         self.gpu_decode = gpu_decode and backend.torch_device.type == "cuda"
-        # Rectangular inputs (long side input_size, short side a multiple of 32) skip most of the
-        # padding; square ones reproduce the CPU path's 640x640 exactly, for comparisons.
-        self.rectangular = rectangular
+        self.preparer = GpuPreparer(self.spec, self.limits, input_size, self.gpu_decode, rectangular)
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        return self.input_size, self.input_size
+        return self.preparer.input_shape
 
     def target_for(self, width: int, height: int) -> tuple[int, int]:
-        fixed = None if self.rectangular else self.input_shape
-        return input_shape_for(width, height, fixed, self.input_size, self.spec.size_multiple)
+        return self.preparer.target_for(width, height)
 
     def prepare_inline(self, image: ImageInput, options: Options) -> GpuPrepared | None:
-        """A JPEG that nvJPEG will decode needs only its header checked against the limits
-        (microseconds), cheaper than a hop to the decode pool; None for anything else."""
-        if not (self.gpu_decode and isinstance(image, EncodedImage) and image.data.startswith(JPEG_MAGIC)):
-            return None
-        start = time.perf_counter()
-        try:
-            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(image.data)
-        except ValueError as exc:
-            raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
-        check_pixels(width, height, self.limits.max_pixels)
-        if colorspace == "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
-            return None
-        prepared = GpuPrepared(options, width, height, jpeg=image.data)
-        prepared.timing.decode_us = micros_since(start)
-        return prepared
+        return self.preparer.prepare_inline(image, options)
 
     def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
-        inline = self.prepare_inline(image, options)
-        if inline is not None:
-            return inline
-        start = time.perf_counter()
-        decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
-        prepared = GpuPrepared(
-            options,
-            decoded.width,
-            decoded.height,
-            pixels=decoded.pixels,
-            scale=(decoded.scale_x, decoded.scale_y),
-        )
-        prepared.timing.decode_us = micros_since(start)
-        return prepared
+        return self.preparer.prepare(image, options)
 
     def _to_device(self, items: Sequence[GpuPrepared]) -> list[torch.Tensor | DetectError]:
         """(3, h, w) uint8 images on the GPU; nvJPEG decodes all JPEGs of the batch in one call,
@@ -138,7 +95,7 @@ class GpuDetector:
                     item = items[i]
                     try:
                         fallback = decode_image(
-                            EncodedImage(item.jpeg or b""), self.limits.max_pixels, self.input_shape
+                            EncodedImage(bytes(item.jpeg or b"")), self.limits.max_pixels, self.input_shape
                         )
                     except DetectError as exc:
                         out[i] = exc
