@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +43,8 @@ class StartupError(Exception):
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FaceDetector"].full_name
 
 
-def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
+def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
+    """The model and the pre/post-processing around it, in this process."""
     backend = load_backend(
         config.backend,
         model_path,
@@ -63,6 +66,10 @@ def build_service(config: ServerConfig, model_path: Path) -> DetectionService:
         log.info("gpu_pipeline", nvjpeg=gpu_decode, buckets=backend.buckets, compile=backend.compile_mode)
     else:
         detector = Detector(backend, limits, config.input_size)
+    return detector
+
+
+def build_service(config: ServerConfig, detector: Pipeline) -> DetectionService:
     batcher_config = BatcherConfig(
         config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers
     )
@@ -108,14 +115,25 @@ async def serve(config: ServerConfig) -> None:
         await _open_ports(server, config)
 
     stop = asyncio.Event()
+    aborted = threading.Event()  # the same signal, for a loading thread that blocks in a wait
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        aborted.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     started = time.perf_counter()
-    model_path = await asyncio.to_thread(resolve_model, config.model)
-    service = await asyncio.to_thread(build_service, config, model_path)
-    await asyncio.to_thread(service.warm_up)
+    try:
+        pipeline, model_name = await asyncio.to_thread(_load_pipeline, config, aborted)
+        service = build_service(config, pipeline)
+        await asyncio.to_thread(service.warm_up)
+    except BaseException:
+        if opens_early:  # close the ports while the event loop that serves them still runs
+            await server.stop(0)
+        raise
     service.start()
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)
@@ -126,7 +144,7 @@ async def serve(config: ServerConfig) -> None:
         return
     log.info(
         "model_loaded",
-        model=str(model_path),
+        model=model_name,
         name=info.name,
         backend=info.backend,
         provider=info.execution_provider,
@@ -148,6 +166,22 @@ async def serve(config: ServerConfig) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await summaries
     await _shut_down(server, health_servicer, service, config.grace_seconds)
+
+
+def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline, str]:
+    """(pipeline, what it runs): the model here, or the engine process's at --engine-socket."""
+    if config.role == "frontend":
+        from facedet_server.engine.pipeline import EnginePipeline
+        from facedet_server.errors import DetectError
+
+        try:
+            engine = EnginePipeline(Path(config.engine_socket), config.engine_wait, aborted)
+        except DetectError as exc:
+            raise StartupError(exc.message) from None
+        log.info("engine_connected", socket=config.engine_socket, engine_pid=engine.info.pid, pid=os.getpid())
+        return engine, f"engine process {engine.info.pid} at {config.engine_socket}"
+    model_path = resolve_model(config.model)
+    return build_pipeline(config, model_path), str(model_path)
 
 
 async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:

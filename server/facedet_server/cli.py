@@ -11,6 +11,10 @@ from facedet_server import __version__, config
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import structlog
+
     from facedet_server.app import StartupError, serve
     from facedet_server.logs import configure_logging
     from facedet_server.modelfiles import ModelFileError
@@ -21,8 +25,26 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(server_config.log_format, server_config.log_level)
-    if server_config.processes > 1:
-        return _serve_processes(server_config.processes)
+    if server_config.role != "server" or "FACEDET_PROCESS_INDEX" in os.environ:
+        # Several processes write one log: every line says which one wrote it.
+        structlog.contextvars.bind_contextvars(
+            role=server_config.role, process=os.environ.get("FACEDET_PROCESS_INDEX", "0")
+        )
+    if server_config.role == "server" and (
+        server_config.processes > 1 or server_config.engine_process == "on"
+    ):
+        from facedet_server import supervisor
+
+        return supervisor.run(server_config, sys.argv[1:])
+    if server_config.role == "engine":
+        from facedet_server.engine.process import run_engine
+
+        try:
+            run_engine(server_config)
+        except (ModelFileError, OSError) as exc:  # OSError: the socket cannot be created
+            print(f"facedet serve --role engine: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         import uvloop
 
@@ -35,37 +57,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _serve_processes(count: int) -> int:
-    """Run `count` copies of this very command with --processes 1; the kernel spreads incoming
-    connections across them (SO_REUSEPORT), and each batches for its own model."""
-    import os
-    import signal
-    import subprocess
-
-    argv = [
-        sys.executable,
-        "-m",
-        "facedet_server.cli",
-        *sys.argv[1:],
-        "--processes",
-        "1",
-        "--reuse-port",
-        "true",
-    ]
-    children = [
-        subprocess.Popen(argv, env={**os.environ, "FACEDET_PROCESS_INDEX": str(i)}) for i in range(count)
-    ]
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -88,9 +88,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "processes",
         1,
-        "server processes sharing the TCP ports (SO_REUSEPORT), each with its own "
-        "model and batcher; for when one Python process cannot keep a GPU busy",
+        "gRPC server processes sharing the TCP ports (SO_REUSEPORT), for when one Python "
+        "process cannot keep a GPU busy; they feed one engine process or each run their own "
+        "model (see --engine-process)",
         int,
+    ),
+    Setting(
+        "engine_process",
+        "auto",
+        "with --processes: run the model once, in a separate engine process that every gRPC "
+        "front-end process feeds over a unix socket (on), or a whole pipeline in each process "
+        "(off); auto = on for GPU backends (one CUDA context, batches merged across processes), "
+        "off for ONNX Runtime on the CPU",
+        choices=("auto", "on", "off"),
+    ),
+    Setting(
+        "role",
+        "server",
+        "server: gRPC and the model in this process; engine: only the model, serving front ends "
+        "on --engine-socket (no gRPC); frontend: only gRPC, running the model in the engine at "
+        "--engine-socket. --processes/--engine-process set these for their children",
+        choices=("server", "engine", "frontend"),
+    ),
+    Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
+    Setting(
+        "engine_wait",
+        900.0,
+        "seconds a front end waits for its engine to answer at start (a first start of a "
+        "compiled model takes minutes)",
+        float,
     ),
     Setting(
         "reuse_port",
@@ -142,6 +168,10 @@ class ServerConfig:
     log_level: str = "info"
     summary_interval: float = 60.0
     processes: int = 1
+    engine_process: str = "auto"
+    role: str = "server"
+    engine_socket: str = ""
+    engine_wait: float = 900.0
     reuse_port: bool = False
     device: str = "cuda:0"
     gpu_decode: str = "auto"
@@ -220,7 +250,7 @@ def validate(config: ServerConfig) -> None:
     for name in ("min_confidence", "iou_threshold"):
         if not 0 < getattr(config, name) <= 1:  # also false for NaN
             problems.append(f"{name} must be in (0, 1]")
-    for name in ("max_delay_ms", "grace_seconds", "summary_interval"):
+    for name in ("max_delay_ms", "grace_seconds", "summary_interval", "engine_wait"):
         value = getattr(config, name)
         if math.isnan(value) or value < 0:
             problems.append(f"{name} must be a number >= 0")
@@ -232,6 +262,10 @@ def validate(config: ServerConfig) -> None:
             problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
         problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
+    if config.role != "server" and not config.engine_socket:
+        problems.append(f"--role {config.role} needs --engine-socket")
+    if config.role != "server" and config.processes > 1:
+        problems.append("--processes applies to --role server (it starts the engine and front ends)")
     if not config.listen:
         problems.append("at least one --listen address is needed")
     if problems:

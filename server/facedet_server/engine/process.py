@@ -1,0 +1,46 @@
+"""`facedet serve --role engine`: the model behind a unix socket, no gRPC. Runs until SIGTERM or
+SIGINT, then finishes the batches it holds and exits."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from facedet_server.config import ServerConfig
+from facedet_server.engine.server import EngineServer
+
+log = structlog.get_logger("facedet.engine")
+
+
+def run_engine(config: ServerConfig) -> None:
+    from facedet_server.app import build_pipeline
+    from facedet_server.modelfiles import resolve_model
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    started = time.perf_counter()
+    model_path = resolve_model(config.model)
+    engine = EngineServer(
+        build_pipeline(config, model_path), Path(config.engine_socket), config.batch_workers, config.max_batch
+    )
+    engine.start()
+    log.info(
+        "engine_serving",
+        socket=config.engine_socket,
+        model=str(model_path),
+        backend=engine.info.backend,
+        workers=config.batch_workers,
+        max_batch=config.max_batch,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    interval = config.summary_interval or None
+    while not stop.wait(interval):
+        log.info("engine_summary", interval_s=interval, **engine.take_stats().summary())
+    log.info("engine_draining")
+    engine.close()
+    log.info("engine_stopped", **engine.take_stats().summary())

@@ -1,0 +1,112 @@
+"""`facedet serve --processes N` (and `--engine-process on`): start the child processes, forward
+SIGTERM/SIGINT to them, and exit when they do.
+
+With an engine process the order matters: the engine starts first and stops last, so front
+ends draining their in-flight calls still have a model to run them on; if the engine dies, the
+front ends are stopped too and the exit status says so (an orchestrator then restarts the pod,
+rather than keeping front ends that can only answer UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from facedet_server.config import ServerConfig
+
+log = structlog.get_logger("facedet.supervisor")
+
+
+def wants_engine(config: ServerConfig) -> tuple[bool, str]:
+    """Whether --processes/--engine-process run the model in one engine process, and why."""
+    if config.engine_process != "auto":
+        return config.engine_process == "on", f"--engine-process {config.engine_process}"
+    if config.processes <= 1:
+        return False, "one process: the model runs in it"
+    if config.backend in ("torch", "tensorrt"):
+        return True, f"--backend {config.backend} runs on a GPU: one process, one CUDA context"
+    if config.backend == "auto":
+        if config.model and Path(config.model).suffix in (".plan", ".engine"):
+            return True, "a TensorRT engine runs on a GPU: one process, one CUDA context"
+        if _cuda_available():
+            return True, "a CUDA GPU and torch are present: one process, one CUDA context"
+    return False, "ONNX Runtime on the CPU: each process runs its own model on its own cores"
+
+
+def _cuda_available() -> bool:
+    """The same test as backend selection, asked in a short-lived child: the supervisor itself
+    stays a small process without torch loaded."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    probe = [sys.executable, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"]
+    return subprocess.run(probe, check=False, capture_output=True).returncode == 0
+
+
+def run(config: ServerConfig, argv: Sequence[str]) -> int:
+    """`argv` is this command's own arguments; each child gets them plus its role's flags (the
+    last occurrence of a flag wins)."""
+    use_engine, reason = wants_engine(config)
+    base = [sys.executable, "-m", "facedet_server.cli", *argv, "--processes", "1"]
+    socket_dir = Path(tempfile.mkdtemp(prefix="facedet-engine-")) if use_engine else None  # mode 0700
+    engine: subprocess.Popen[bytes] | None = None
+    children: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:  # front ends first; the engine once they are gone
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        front = ["--reuse-port", "true"] if config.processes > 1 else []
+        if socket_dir is not None:
+            path = str(socket_dir / "engine.sock")
+            log.info("engine_process", reason=reason, socket=path, front_ends=config.processes)
+            # Its own session: a Ctrl-C on the terminal reaches the front ends, not the engine
+            # they still need while they drain.
+            engine = _spawn([*base, "--role", "engine", "--engine-socket", path], "engine", new_session=True)
+            front += ["--role", "frontend", "--engine-socket", path]
+        else:
+            log.info("processes", reason=reason, count=config.processes)
+        children.extend(_spawn([*base, *front], str(i)) for i in range(config.processes))
+        engine_code = _wait(children, engine)
+        codes = [child.wait() for child in children]
+        if engine is not None:
+            if engine.poll() is None:
+                engine.send_signal(signal.SIGTERM)
+            engine_code = engine_code or engine.wait()  # an engine that exited first failed
+        return max([*codes, engine_code or 0], key=abs)
+    finally:
+        for child in [*children, *([engine] if engine else [])]:
+            if child.poll() is None:
+                child.kill()
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _spawn(argv: list[str], index: str, new_session: bool = False) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FACEDET_PROCESS_INDEX": index}
+    return subprocess.Popen(argv, env=env, start_new_session=new_session)
+
+
+def _wait(children: list[subprocess.Popen[bytes]], engine: subprocess.Popen[bytes] | None) -> int | None:
+    """Until every front end has exited; if the engine exits first, stop them and return its
+    status."""
+    while any(child.poll() is None for child in children):
+        if engine is not None and engine.poll() is not None:
+            log.error("engine_exited", code=engine.returncode, action="stopping the front ends")
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            return engine.returncode or 1
+        time.sleep(0.1)
+    return None

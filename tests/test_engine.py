@@ -1,0 +1,700 @@
+"""The engine process split: `--engine-process on` runs the model once, in an engine process,
+and gRPC in front-end processes that send it batches over a unix socket (`facedet_server.engine`).
+
+Unit tests for the wire format and the engine's job queue, then real processes: a supervisor
+with an engine and front ends must answer exactly like a plain server, stop the engine last,
+and exit non-zero when the engine dies; an engine and a front end run by hand must survive the
+engine being killed and restarted."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from facedet.v1 import face_detector_pb2 as pb
+from facedet_server import supervisor
+from facedet_server.config import ServerConfig
+from facedet_server.detector import Detection, EncodedImage, HostPreparer, Limits, Prepared, Timing
+from facedet_server.engine.protocol import BatchDone, RunBatch
+from facedet_server.engine.server import _Connection, _Job, _JobQueue
+from facedet_server.engine.wire import ConnectionClosed, recv_message, send_message
+from facedet_server.errors import Code, InvalidImage
+from facedet_server.gpu.prepare import GpuPrepared
+from facedet_server.model_spec import UPSTREAM_YOLOV5N_05
+from facedet_server.options import Options
+from facedet_test_support import (
+    EXPECTED_FACES,
+    MODEL,
+    Server,
+    ServerFactory,
+    detect_request,
+    free_port,
+    image_bytes,
+    run_cli,
+    wait_for,
+)
+
+LIGHT = ("--decode-threads", "1", "--intra-op-threads", "1")
+PHOTOS = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg"]
+ENGINE_START_TIMEOUT = 60.0
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def events(server: Server, name: str) -> list[dict[str, Any]]:
+    return [r for r in server.log_records() if r.get("event") == name]
+
+
+def face_rows(response: pb.DetectFacesResponse) -> list[tuple[float, float, float, float, float]]:
+    return [(f.box.x_min, f.box.y_min, f.box.x_max, f.box.y_max, f.confidence) for f in response.faces]
+
+
+def assert_same_faces(got: pb.DetectFacesResponse, want: pb.DetectFacesResponse, what: str) -> None:
+    rows, expected = face_rows(got), face_rows(want)
+    assert len(rows) == len(expected), f"{what}: {len(rows)} faces, the plain server found {len(expected)}"
+    assert rows, f"{what}: no faces at all; the comparison proves nothing"
+    for row, ref in zip(rows, expected, strict=True):
+        assert row[:4] == pytest.approx(ref[:4], abs=1e-3), f"{what}: box {row[:4]} != {ref[:4]}"
+        assert row[4] == pytest.approx(ref[4], abs=1e-6), f"{what}: confidence {row[4]} != {ref[4]}"
+
+
+def rpc_error(call: Any) -> Any:
+    """The grpc.RpcError a call raises (typed Any: grpc-stubs does not declare code()/details())."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def short_socket_dir() -> Path:
+    """Unix socket paths are limited to ~107 bytes; pytest's tmp paths can be longer."""
+    return Path(tempfile.mkdtemp(prefix="fde-", dir="/tmp"))
+
+
+def start_engine(start_server: ServerFactory, socket_path: Path, name: str) -> Server:
+    """`facedet serve --role engine` (no gRPC: readiness is its engine_serving log event)."""
+    engine = start_server(
+        "--role",
+        "engine",
+        "--engine-socket",
+        str(socket_path),
+        "--intra-op-threads",
+        "1",
+        "--log-format",
+        "json",
+        tcp=False,
+        unix=False,
+        start=False,
+        name=name,
+    )
+    engine.start(wait=False)
+
+    def serving() -> bool:
+        engine.check_alive()
+        return bool(events(engine, "engine_serving"))
+
+    wait_for(serving, ENGINE_START_TIMEOUT, f"{name} to log engine_serving", interval=0.05)
+    return engine
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    """Children of a supervisor under test that outlived it (only on failure): never leave an
+    engine (its own session) or a front end running after the test."""
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start_supervised(start_server: ServerFactory, *args: str, unix: bool = False) -> Server:
+    """`facedet serve ... --engine-process on`, SERVING on every front end."""
+    server = start_server("--engine-process", "on", *LIGHT, *args, unix=unix)
+    fronts = int(args[args.index("--processes") + 1])
+    wait_for(
+        lambda: len([r for r in events(server, "serving") if r.get("role") == "frontend"]) == fronts,
+        30,
+        f"{fronts} front ends to log serving",
+    )
+    return server
+
+
+# --- wire ------------------------------------------------------------------------------------
+
+
+def real_prepared() -> Prepared:
+    preparer = HostPreparer(UPSTREAM_YOLOV5N_05, Limits())
+    return preparer.prepare(EncodedImage(image_bytes("zidane.jpg")), Options(min_confidence=0.4))
+
+
+def round_trip(message: Any) -> Any:
+    a, b = socket.socketpair()
+    with a, b:
+        # A sender thread: a message larger than the socket buffer blocks until it is read.
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                send_message(a, message)
+            except BaseException as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = recv_message(b)
+        sender.join(10)
+        assert not errors, errors
+        return received
+
+
+def test_wire_round_trips_bytes_arrays_and_prepared_images() -> None:
+    jpeg = image_bytes("sample.jpg")
+    floats = np.random.default_rng(0).random((3, 4, 5), dtype=np.float32)
+    fortran = np.asfortranarray(np.arange(24, dtype=np.int64).reshape(4, 6))
+    strided = np.arange(100, dtype=np.uint16)[::3]  # not contiguous: pickled in band
+    prepared = real_prepared()
+    gpu = GpuPrepared(Options(max_faces=7), 1024, 768, jpeg=jpeg)
+    gpu.timing.decode_us = 42
+    message = RunBatch(
+        [b"raw \x00 bytes", floats, fortran, strided, np.zeros((0, 15), np.float32), prepared, gpu]
+    )
+
+    got = round_trip(message)
+
+    assert isinstance(got, RunBatch)
+    raw, g_floats, g_fortran, g_strided, g_empty, g_prepared, g_gpu = got.items
+    assert raw == b"raw \x00 bytes"
+    for want, have in ((floats, g_floats), (fortran, g_fortran), (strided, g_strided)):
+        assert isinstance(have, np.ndarray)
+        assert (have.dtype, have.shape) == (want.dtype, want.shape)
+        np.testing.assert_array_equal(have, want)
+        assert have.flags.writeable, "a received array must be writable (the pipeline works in place)"
+    assert g_fortran.flags.f_contiguous
+    assert (g_empty.dtype, g_empty.shape) == (np.float32, (0, 15))
+
+    assert isinstance(g_prepared, Prepared)
+    assert g_prepared.canvas.shape == prepared.canvas.shape == (640, 640, 3)
+    np.testing.assert_array_equal(g_prepared.canvas, prepared.canvas)
+    assert g_prepared.canvas.flags.writeable
+    g_prepared.canvas[0, 0, 0] ^= 1  # and really writable: no copy-on-write surprise
+    assert (g_prepared.transform, g_prepared.options) == (prepared.transform, Options(min_confidence=0.4))
+    assert (g_prepared.width, g_prepared.height) == (1280, 720)
+
+    assert isinstance(g_gpu, GpuPrepared)
+    assert isinstance(g_gpu.jpeg, memoryview), "the JPEG must travel out of band, not through the pickle"
+    assert g_gpu.jpeg.nbytes == len(jpeg) and bytes(g_gpu.jpeg) == jpeg
+    assert (g_gpu.width, g_gpu.height, g_gpu.options) == (1024, 768, Options(max_faces=7))
+    assert g_gpu.pixels is None and g_gpu.timing == Timing(decode_us=42)
+
+
+def test_wire_round_trips_results_and_errors() -> None:
+    faces = np.arange(30, dtype=np.float32).reshape(2, 15)
+    sent = BatchDone([Detection(faces, 640, 480, Timing(inference_us=5)), InvalidImage("not a JPEG")])
+    got = round_trip(sent)
+    assert isinstance(got, BatchDone)
+    detection, error = got.results
+    assert isinstance(detection, Detection)
+    np.testing.assert_array_equal(detection.faces, faces)
+    assert (detection.width, detection.height, detection.timing.inference_us) == (640, 480, 5)
+    assert isinstance(error, InvalidImage)
+    assert (error.code, error.message) == (Code.INVALID_ARGUMENT, "not a JPEG")
+
+
+def test_wire_keeps_message_boundaries() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        for i in range(3):
+            message = {"n": i, "data": np.full(i + 1, i, np.int32), "blob": GpuPrepared(Options(), 1, 1)}
+            send_message(a, message)
+        for i in range(3):
+            got = recv_message(b)
+            assert got["n"] == i
+            np.testing.assert_array_equal(got["data"], np.full(i + 1, i, np.int32))
+
+
+def test_gpu_prepared_pickles_with_default_protocol() -> None:
+    jpeg = image_bytes("zidane.jpg")
+    item = GpuPrepared(Options(), 1280, 720, jpeg=jpeg, scale=(0.5, 0.5))
+    back = pickle.loads(pickle.dumps(item))
+    assert isinstance(back.jpeg, bytes) and back.jpeg == jpeg
+    assert (back.width, back.height, back.scale) == (1280, 720, (0.5, 0.5))
+    # Protocol 5 with no buffer callback: the buffer goes in band, still bytes.
+    in_band = pickle.loads(pickle.dumps(item, protocol=5))
+    assert bytes(in_band.jpeg) == jpeg
+    no_jpeg = pickle.loads(pickle.dumps(GpuPrepared(Options(), 2, 2, pixels=np.ones((2, 2, 3), np.uint8))))
+    assert no_jpeg.jpeg is None and no_jpeg.pixels.shape == (2, 2, 3)
+
+
+def test_wire_peer_closing_between_frames_is_a_clean_close() -> None:
+    a, b = socket.socketpair()
+    with b:
+        send_message(a, "last")
+        a.close()
+        assert recv_message(b) == "last"
+        with pytest.raises(ConnectionClosed) as closed:
+            recv_message(b)
+        assert "middle" not in str(closed.value)
+
+
+def frame_bytes(message: Any) -> bytes:
+    a, b = socket.socketpair()
+    with a, b:
+        send_message(a, message)
+        a.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := b.recv(1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "cut", [1, 11, 16, 30, -1000, -1], ids=["header", "count", "table", "body", "buffer", "last-byte"]
+)
+def test_wire_peer_closing_mid_frame_says_so(cut: int) -> None:
+    data = frame_bytes(RunBatch([GpuPrepared(Options(), 1, 1, jpeg=b"x" * 4000)]))
+    assert struct.unpack("!QI", data[:12])[1] == 1, "expected one out-of-band buffer"
+    a, b = socket.socketpair()
+    with b:
+        a.sendall(data[:cut])
+        a.close()
+        with pytest.raises(ConnectionClosed) as closed:
+            recv_message(b)
+    assert "middle" in str(closed.value)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack("!QI", 10, 0xFFFFFFFF),  # buffer count
+        struct.pack("!QI", 1 << 62, 0),  # pickle length
+        struct.pack("!QI", 10, 2) + struct.pack("!QQ", 5, 1 << 62),  # a buffer length
+    ],
+    ids=["buffers", "pickle", "buffer-length"],
+)
+def test_wire_corrupt_header_is_a_connection_error(header: bytes) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(header + b"\x00" * 64)
+        with pytest.raises(ConnectionError) as corrupt:  # not MemoryError
+            recv_message(b)
+    assert "corrupt" in str(corrupt.value)
+    assert not isinstance(corrupt.value, ConnectionClosed)
+
+
+# --- the engine's job queue ------------------------------------------------------------------
+
+
+@pytest.fixture
+def connection() -> Iterator[_Connection]:
+    a, b = socket.socketpair()
+    with a, b:
+        yield _Connection(a)
+
+
+def jobs_of(connection: _Connection, *sizes: int) -> list[_Job]:
+    return [_Job(connection, [f"{i}.{k}" for k in range(size)], 0.0) for i, size in enumerate(sizes)]
+
+
+def sizes(taken: list[_Job] | None) -> list[int] | None:
+    return None if taken is None else [len(job.items) for job in taken]
+
+
+def test_job_queue_takes_jobs_in_order_while_they_fit(connection: _Connection) -> None:
+    queue = _JobQueue()
+    jobs = jobs_of(connection, 3, 4, 2, 8, 1, 1, 5, 4, 12, 1)
+    for job in jobs:
+        queue.put(job)
+    queue.close()  # queued jobs are still handed out, then None
+    taken = []
+    while (batch := queue.take(8)) is not None:
+        taken.append(batch)
+    assert [sizes(t) for t in taken] == [[3, 4], [2], [8], [1, 1, 5], [4], [12], [1]]
+    # Nothing reordered, nothing lost: a later small job never jumps one that did not fit.
+    assert [job for batch in taken for job in batch] == jobs
+
+
+def test_job_queue_take_waits_and_close_wakes_it(connection: _Connection) -> None:
+    queue = _JobQueue()
+    got: list[list[int] | None] = []
+    taker = threading.Thread(target=lambda: got.append(sizes(queue.take(8))))
+    taker.start()
+    time.sleep(0.05)
+    assert got == [], "take must wait for a job"
+    queue.put(jobs_of(connection, 2)[0])
+    taker.join(5)
+    assert got == [[2]]
+
+    taker = threading.Thread(target=lambda: got.append(sizes(queue.take(8))))
+    taker.start()
+    time.sleep(0.05)
+    queue.close()
+    taker.join(5)
+    assert not taker.is_alive() and got == [[2], None]
+    assert queue.take(8) is None, "closed and empty: None at once"
+
+
+# --- logs ----------------------------------------------------------------------------------
+
+LOG_WRITES = """
+import io, sys
+writes = []
+class Raw(io.RawIOBase):
+    def writable(self):
+        return True
+    def write(self, b):
+        writes.append(bytes(b))
+        return len(b)
+# What `python -u` / PYTHONUNBUFFERED=1 (the Dockerfile sets it) makes of stderr.
+sys.stderr = io.TextIOWrapper(Raw(), write_through=True)
+import structlog
+from facedet_server.logs import configure_logging
+configure_logging("json")
+structlog.get_logger().info("first", role="engine")
+structlog.get_logger().info("second", role="frontend")
+print(repr(writes), file=sys.__stdout__)
+"""
+
+
+def test_each_log_line_is_one_write() -> None:
+    """The engine, the front ends and the supervisor share one stderr: a line written in two
+    pieces (text, then newline) interleaves with another process's line."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOG_WRITES], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    writes = ast.literal_eval(result.stdout)
+    assert len(writes) == 2, writes
+    assert all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes), writes
+    assert [json.loads(w)["event"] for w in writes] == ["first", "second"]
+
+
+# --- supervisor: engine + front ends ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_server(module_server_factory: ServerFactory) -> Server:
+    return module_server_factory(*LIGHT, unix=False, name="plain")
+
+
+@pytest.fixture(scope="module")
+def engine_server(module_server_factory: ServerFactory) -> Server:
+    flags = ("--processes", "2", "--engine-process", "on", "--summary-interval", "1", *LIGHT)
+    server = module_server_factory(*flags, unix=False, name="split")
+    wait_for(
+        lambda: len([r for r in events(server, "serving") if r.get("role") == "frontend"]) == 2,
+        30,
+        "both front ends to log serving",
+    )
+    return server
+
+
+def test_front_ends_answer_like_a_plain_server(plain_server: Server, engine_server: Server) -> None:
+    for name in PHOTOS:
+        request = detect_request(image_bytes(name))
+        with plain_server.stub() as stub:
+            want = stub.DetectFaces(request, timeout=30)
+        for attempt in range(2):  # a new connection each time: the kernel picks a front end
+            with engine_server.stub() as stub:
+                got = stub.DetectFaces(request, timeout=30)
+            assert_same_faces(got, want, f"{name} (call {attempt})")
+        if name in EXPECTED_FACES:
+            assert len(got.faces) == EXPECTED_FACES[name]
+        assert got.timing.inference_us > 0
+
+
+def test_stream_through_a_front_end_keeps_frame_order(plain_server: Server, engine_server: Server) -> None:
+    frames = [(100 + i, PHOTOS[i % len(PHOTOS)]) for i in range(8)]
+    requests = [detect_request(image_bytes(name), frame_id=frame_id) for frame_id, name in frames]
+    with plain_server.stub() as stub:
+        want = list(stub.StreamDetectFaces(iter(requests), timeout=60))
+    with engine_server.stub() as stub:
+        got = list(stub.StreamDetectFaces(iter(requests), timeout=60))
+    assert [r.frame_id for r in got] == [frame_id for frame_id, _ in frames]
+    for response, reference, (frame_id, name) in zip(got, want, frames, strict=True):
+        assert not response.HasField("error"), response.error
+        assert_same_faces(response, reference, f"frame {frame_id} ({name})")
+
+
+def test_model_info_through_a_front_end_is_the_engines(plain_server: Server, engine_server: Server) -> None:
+    with plain_server.stub() as stub:
+        want = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    with engine_server.stub() as stub:
+        got = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert got.backend == want.backend == "onnxruntime"
+    assert got.execution_provider == want.execution_provider
+    assert got.model_sha256 == want.model_sha256 and len(got.model_sha256) == 64
+    assert (got.name, got.input_width, got.input_height) == (want.name, want.input_width, want.input_height)
+    assert got.limits == want.limits and got.default_options == want.default_options
+
+
+def test_bad_input_through_a_front_end_keeps_the_engine_connection(engine_server: Server) -> None:
+    good = detect_request(image_bytes("zidane.jpg"))
+    corrupt = image_bytes("zidane.jpg")[:600] + b"\x00" * 3000
+    with engine_server.stub() as stub:
+        assert len(stub.DetectFaces(good, timeout=30).faces) == 2
+        for bad in (corrupt, b"\xff\xd8\xff garbage", b"not an image at all"):
+            error = rpc_error(lambda bad=bad: stub.DetectFaces(detect_request(bad), timeout=30))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert len(stub.DetectFaces(good, timeout=30).faces) == 2
+        # In a stream, a bad frame is an error response between good ones.
+        stream = [detect_request(image_bytes("bus.jpg"), frame_id=1), detect_request(corrupt, frame_id=2)]
+        stream.append(detect_request(image_bytes("zidane.jpg"), frame_id=3))
+        responses = list(stub.StreamDetectFaces(iter(stream), timeout=30))
+    assert [r.frame_id for r in responses] == [1, 2, 3]
+    assert [r.HasField("error") for r in responses] == [False, True, False]
+    assert responses[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert len(responses[2].faces) == 2
+
+
+def test_one_engine_and_logs_say_who_wrote_them(engine_server: Server) -> None:
+    records = engine_server.log_records()
+    assert len(events(engine_server, "engine_serving")) == 1, [r.get("event") for r in records]
+    (serving,) = events(engine_server, "engine_serving")
+    assert serving["role"] == "engine" and serving["backend"] == "onnxruntime"
+    connected = events(engine_server, "engine_connected")
+    assert len(connected) == 2 and len({r["engine_pid"] for r in connected}) == 1, connected
+    front = [r for r in records if r.get("role") == "frontend"]
+    assert {r["process"] for r in front} == {"0", "1"}
+    assert [r["event"] for r in front].count("model_loaded") == 2
+    supervisor_events = {"engine_process", "processes", "engine_exited"}
+    for record in records:
+        if record["event"] not in supervisor_events:
+            assert record.get("role") in ("engine", "frontend") and "process" in record, record
+
+
+def test_engine_stops_last(engine_server: Server) -> None:
+    with engine_server.stub() as stub:
+        assert len(stub.DetectFaces(detect_request(image_bytes("zidane.jpg")), timeout=30).faces) == 2
+    wait_for(
+        lambda: any(r["images"] > 0 for r in events(engine_server, "engine_summary")),
+        5,
+        "an engine_summary that counts images (--summary-interval 1)",
+    )
+    assert engine_server.stop() == 0, engine_server.log_text()
+    records = engine_server.log_records()
+    order = [(r.get("role"), r["event"]) for r in records]
+    front_stopped = [i for i, entry in enumerate(order) if entry == ("frontend", "stopped")]
+    engine_stopped = [i for i, entry in enumerate(order) if entry == ("engine", "engine_stopped")]
+    assert len(front_stopped) == 2 and len(engine_stopped) == 1, order
+    assert engine_stopped[0] > max(front_stopped), f"the engine must stop after the front ends: {order}"
+    assert order[-1] == ("engine", "engine_stopped"), order
+    assert not [r for r in records if r["event"] in ("engine_exited", "engine_connection_dropped")]
+
+
+def test_supervisor_exits_non_zero_when_the_engine_is_killed(start_server: ServerFactory) -> None:
+    server = start_supervised(start_server, "--processes", "2")
+    assert server.proc is not None
+    children = child_pids(server.proc.pid)
+    try:
+        (engine_pid,) = {r["engine_pid"] for r in events(server, "engine_connected")}
+        assert engine_pid in children and len(children) == 3, (engine_pid, children)
+        with server.stub() as stub:
+            assert len(stub.DetectFaces(detect_request(image_bytes("zidane.jpg")), timeout=30).faces) == 2
+        (announced,) = events(server, "engine_process")
+        socket_dir = Path(announced["socket"]).parent
+        assert socket_dir.is_dir()
+        os.kill(engine_pid, signal.SIGKILL)
+        code = server.wait_exit(15)
+        assert code != 0, server.log_text()
+        exited = events(server, "engine_exited")
+        assert len(exited) == 1 and exited[0]["code"] == -signal.SIGKILL, exited
+        assert not [pid for pid in children if pid_alive(pid)], "front ends outlived the supervisor"
+        assert not socket_dir.exists(), "the supervisor must remove the engine's socket folder"
+    finally:
+        kill_leftovers(children)
+
+
+def test_one_front_end_on_a_unix_socket_and_an_engine_stopped_by_sigterm(start_server: ServerFactory) -> None:
+    """--processes 1 --engine-process on: one front end, unix listen addresses allowed. An engine
+    that exits, even cleanly (SIGTERM sent to it alone), is still a failure for the supervisor."""
+    server = start_supervised(start_server, "--processes", "1", unix=True)
+    assert server.proc is not None
+    children = child_pids(server.proc.pid)
+    try:
+        with server.stub(server.unix_target) as stub:
+            assert len(stub.DetectFaces(detect_request(image_bytes("zidane.jpg")), timeout=30).faces) == 2
+        (engine_pid,) = {r["engine_pid"] for r in events(server, "engine_connected")}
+        os.kill(engine_pid, signal.SIGTERM)
+        code = server.wait_exit(15)
+        assert events(server, "engine_stopped"), "SIGTERM stops the engine cleanly"
+        assert events(server, "engine_exited"), server.log_text()
+        assert code != 0, f"the engine went away but the supervisor exited {code}"
+    finally:
+        kill_leftovers(children)
+
+
+# --- engine and front end by hand ------------------------------------------------------------
+
+
+def test_front_end_survives_the_engine_being_killed_and_restarted(start_server: ServerFactory) -> None:
+    socket_dir = short_socket_dir()
+    try:
+        socket_path = socket_dir / "e.sock"
+        assert len(str(socket_path)) < 100
+        engine = start_engine(start_server, socket_path, "engine")
+        assert socket_path.is_socket() and (socket_path.stat().st_mode & 0o777) == 0o600
+        front = start_server(
+            "--role",
+            "frontend",
+            "--engine-socket",
+            str(socket_path),
+            "--decode-threads",
+            "1",
+            model=None,  # a front end needs no model file
+            tcp=False,
+            name="frontend",
+        )
+        request = detect_request(image_bytes("zidane.jpg"))
+        with front.stub() as stub:
+            assert len(stub.DetectFaces(request, timeout=30).faces) == 2
+
+            assert engine.proc is not None
+            engine.proc.kill()
+            engine.proc.wait(10)
+            assert socket_path.exists(), "a killed engine leaves its socket file behind"
+            for call in ("on the broken connection", "reconnecting to a dead socket"):
+                error = rpc_error(lambda: stub.DetectFaces(request, timeout=30))
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, (call, error.details())
+                assert str(socket_path) in error.details(), (call, error.details())
+            front.check_alive()
+
+            # A new engine replaces the stale socket file; the front end reconnects on its own.
+            engine = start_engine(start_server, socket_path, "engine2")
+
+            def detects() -> bool:
+                try:
+                    return len(stub.DetectFaces(request, timeout=30).faces) == 2
+                except grpc.RpcError:
+                    return False
+
+            wait_for(detects, 10, "the front end to reach the restarted engine", interval=0.1)
+
+            # A second engine must not take over a live engine's socket.
+            second = run_cli(
+                "serve", "--role", "engine", "--engine-socket", str(socket_path), "--model", str(MODEL),
+                "--intra-op-threads", "1", timeout=60,
+            )  # fmt: skip
+            assert second.returncode == 1, second.stderr
+            assert "already listening" in second.stderr and "Traceback" not in second.stderr, second.stderr
+            assert socket_path.is_socket()
+            assert len(stub.DetectFaces(request, timeout=30).faces) == 2
+        assert front.stop() == 0, front.log_text()
+        assert engine.stop() == 0, engine.log_text()
+        assert not socket_path.exists(), "a stopped engine removes its socket file"
+        assert [r["role"] for r in engine.log_records()] == ["engine"] * len(engine.log_records())
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_front_end_waiting_for_its_engine_stops_on_sigterm(start_server: ServerFactory) -> None:
+    socket_dir = short_socket_dir()
+    try:
+        front = start_server(
+            "--role", "frontend", "--engine-socket", str(socket_dir / "late.sock"), "--engine-wait", "20",
+            "--decode-threads", "1", model=None, tcp=False, start=False, name="waiting",
+        )  # fmt: skip
+        front.start(wait=False)
+        wait_for(lambda: bool(events(front, "listening")), 30, "the front end to open its port")
+        front.signal(signal.SIGTERM)
+        front.wait_exit(5)
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_front_end_needs_an_engine_socket() -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    result = run_cli("serve", "--role", "frontend", "--listen", listen, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--role frontend needs --engine-socket" in result.stderr
+    engine_args = ("--role", "engine", "--processes", "2", "--engine-socket", "/tmp/x.sock")
+    result = run_cli("serve", *engine_args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--processes applies to --role server" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def no_engine_run() -> tuple[subprocess.CompletedProcess[str], Path, float]:
+    """A front end with --engine-wait 1 and nothing at its socket path."""
+    socket_dir = short_socket_dir()
+    try:
+        socket_path = socket_dir / "none.sock"
+        started = time.monotonic()
+        result = run_cli(
+            "serve", "--role", "frontend", "--engine-socket", str(socket_path), "--engine-wait", "1",
+            "--listen", f"127.0.0.1:{free_port()}", "--decode-threads", "1", timeout=60,
+        )  # fmt: skip
+        return result, socket_path, time.monotonic() - started
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_front_end_with_no_engine_gives_up_after_engine_wait(
+    no_engine_run: tuple[subprocess.CompletedProcess[str], Path, float],
+) -> None:
+    result, socket_path, elapsed = no_engine_run
+    assert result.returncode == 1, result.stderr
+    assert "no inference engine answered" in result.stderr and str(socket_path) in result.stderr
+    assert elapsed < 30, f"--engine-wait 1 took {elapsed:.1f}s"
+
+
+def test_front_end_with_no_engine_prints_no_traceback(
+    no_engine_run: tuple[subprocess.CompletedProcess[str], Path, float],
+) -> None:
+    result, _, _ = no_engine_run
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"engine_process": "on", "processes": 1}, True),
+        ({"engine_process": "on", "processes": 2, "backend": "onnxruntime"}, True),
+        ({"engine_process": "off", "processes": 2, "backend": "tensorrt"}, False),
+        ({"engine_process": "off", "processes": 1, "backend": "torch"}, False),
+        ({"engine_process": "auto", "processes": 1, "backend": "tensorrt"}, False),
+        ({"engine_process": "auto", "processes": 1, "backend": "torch"}, False),
+        ({"engine_process": "auto", "processes": 2, "backend": "onnxruntime"}, False),
+        ({"engine_process": "auto", "processes": 2, "backend": "torch"}, True),
+        ({"engine_process": "auto", "processes": 2, "backend": "tensorrt"}, True),
+        ({"engine_process": "auto", "processes": 2, "model": "/models/face.plan"}, True),
+        ({"engine_process": "auto", "processes": 3, "model": "face.engine"}, True),
+        ({"engine_process": "auto", "processes": 1, "model": "/models/face.plan"}, False),
+        ({"engine_process": "auto", "processes": 2, "backend": "onnxruntime", "model": "x.plan"}, False),
+    ],
+)
+def test_wants_engine(settings: dict[str, Any], expected: bool) -> None:
+    use, reason = supervisor.wants_engine(ServerConfig(**settings))
+    assert use is expected, reason
+    assert reason
+    if settings["engine_process"] != "auto":
+        assert reason == f"--engine-process {settings['engine_process']}"
