@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,9 @@ EXPECTED_FACES = {"zidane.jpg": 2, "sample.jpg": 8, "bus.jpg": 2}
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Each channel its own connection: grpc otherwise shares one between channels to the same
+    # target, and every "new client" would reach the same --processes front end.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 START_TIMEOUT = 90.0  # seconds for a server to report SERVING (slow CI machines, cold caches)
 
@@ -351,6 +355,62 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+# Memory and load for the GPU tests (tests/gpu): host RSS and GPU memory of a process, and
+# many stream frames through a server.
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def gpu_mib(pid: int) -> int:
+    out = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = sum(
+        int(used) for p, used in (line.split(", ") for line in out.strip().splitlines()) if int(p) == pid
+    )
+    if total == 0:  # some containers hide per-process figures; fall back to the whole card
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        total = int(out.split()[0])
+    return total
+
+
+def send_stream_frames(target: str, frames: int, streams: int) -> None:
+    data = image_bytes("zidane.jpg")
+    errors: list[str] = []
+
+    def one_stream(count: int) -> None:
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            call = channel.stream_stream(
+                "/facedet.v1.FaceDetector/StreamDetectFaces",
+                request_serializer=pb.DetectFacesRequest.SerializeToString,
+                response_deserializer=pb.DetectFacesResponse.FromString,
+            )
+            requests = (pb.DetectFacesRequest(encoded=data, frame_id=i) for i in range(count))
+            for i, response in enumerate(call(requests)):
+                if response.frame_id != i or len(response.faces) != 2 or response.HasField("error"):
+                    errors.append(f"frame {i}: {response}")
+
+    threads = [threading.Thread(target=one_stream, args=(frames // streams,)) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
 
 
 # Test modules import these helpers as `from facedet_test_support import ...`, not `from conftest

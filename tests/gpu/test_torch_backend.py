@@ -4,10 +4,6 @@ must not grow in host or GPU memory over 20,000 requests."""
 
 from __future__ import annotations
 
-import subprocess
-import threading
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,14 +11,20 @@ torch = pytest.importorskip("torch", reason="the torch-CUDA backend needs PyTorc
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
-import grpc  # noqa: E402
 import simplejpeg  # noqa: E402
-from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
 from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import Detector, EncodedImage, RawFrame  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
-from facedet_test_support import EXPECTED_FACES, MODEL, ServerFactory, image_bytes  # noqa: E402
+from facedet_test_support import (  # noqa: E402
+    EXPECTED_FACES,
+    MODEL,
+    ServerFactory,
+    gpu_mib,
+    image_bytes,
+    rss_kib,
+    send_stream_frames,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -127,58 +129,6 @@ def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -
         assert_same_faces(single, result.faces, landmark_px=0.5)
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _gpu_mib(pid: int) -> int:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    total = sum(
-        int(used) for p, used in (line.split(", ") for line in out.strip().splitlines()) if int(p) == pid
-    )
-    if total == 0:  # some containers hide per-process figures; fall back to the whole card
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        total = int(out.split()[0])
-    return total
-
-
-def _send(target: str, frames: int, streams: int) -> None:
-    data = image_bytes("zidane.jpg")
-    errors: list[str] = []
-
-    def one_stream(count: int) -> None:
-        with grpc.insecure_channel(target) as channel:
-            call = channel.stream_stream(
-                "/facedet.v1.FaceDetector/StreamDetectFaces",
-                request_serializer=pb.DetectFacesRequest.SerializeToString,
-                response_deserializer=pb.DetectFacesResponse.FromString,
-            )
-            requests = (pb.DetectFacesRequest(encoded=data, frame_id=i) for i in range(count))
-            for i, response in enumerate(call(requests)):
-                if response.frame_id != i or len(response.faces) != 2 or response.HasField("error"):
-                    errors.append(f"frame {i}: {response}")
-
-    threads = [threading.Thread(target=one_stream, args=(frames // streams,)) for _ in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
-
-
 def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> None:
     server = start_server(
         "--backend",
@@ -197,10 +147,10 @@ def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> No
     server.start(timeout=300)  # the default --compile compiles three shapes first (cold cache)
     assert server.proc is not None
     pid = server.proc.pid
-    _send(server.target, 4000, 16)  # warm-up: every batch bucket gets used and captured
-    rss0, gpu0 = _rss_kib(pid), _gpu_mib(pid)
-    _send(server.target, 20000, 16)
-    rss1, gpu1 = _rss_kib(pid), _gpu_mib(pid)
+    send_stream_frames(server.target, 4000, 16)  # warm-up: every batch bucket gets used and captured
+    rss0, gpu0 = rss_kib(pid), gpu_mib(pid)
+    send_stream_frames(server.target, 20000, 16)
+    rss1, gpu1 = rss_kib(pid), gpu_mib(pid)
     print(f"host RSS {rss0} -> {rss1} KiB, GPU {gpu0} -> {gpu1} MiB")
     assert rss1 <= rss0 * 1.02, f"host RSS grew {rss0} -> {rss1} KiB"
     assert gpu1 <= gpu0 * 1.02, f"GPU memory grew {gpu0} -> {gpu1} MiB"

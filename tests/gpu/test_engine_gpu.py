@@ -1,0 +1,125 @@
+"""The engine process on a real GPU (run through the device tool; skipped elsewhere): JPEG bytes
+cross the unix socket out of band and reach nvJPEG as views of the engine's receive buffer, so
+the faces must be those the in-process GPU pipeline finds from the same bytes."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch-CUDA backend needs PyTorch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
+
+from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
+from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
+from facedet_server.detector import EncodedImage  # noqa: E402
+from facedet_server.gpu.detector import GpuDetector  # noqa: E402
+from facedet_test_support import (  # noqa: E402
+    EXPECTED_FACES,
+    MODEL,
+    ServerFactory,
+    gpu_mib,
+    image_bytes,
+    rss_kib,
+    send_stream_frames,
+    wait_for,
+)
+
+pytestmark = pytest.mark.gpu
+
+
+def face_rows(response: pb.DetectFacesResponse) -> np.ndarray:
+    """(M, 15) like Detection.faces: box corners, confidence, five landmarks (x, y)."""
+    rows = []
+    for face in response.faces:
+        points = [getattr(face.landmarks, field.name) for field in face.landmarks.DESCRIPTOR.fields]
+        box = face.box
+        rows.append(
+            [
+                box.x_min,
+                box.y_min,
+                box.x_max,
+                box.y_max,
+                face.confidence,
+                *[v for p in points for v in (p.x, p.y)],
+            ]
+        )
+    return np.array(rows, np.float32).reshape(-1, 15)
+
+
+def test_engine_process_finds_the_faces_the_in_process_pipeline_finds(start_server: ServerFactory) -> None:
+    server = start_server(
+        "--backend", "torch", "--compile", "off", "--processes", "2", "--engine-process", "on",
+        "--max-batch", "16", "--batch-workers", "2", unix=False, start=False,
+    )  # fmt: skip
+    server.start(timeout=300)
+    detector = GpuDetector(TorchCudaBackend(MODEL, max_batch=16, compile_mode="off"))
+    for name, count in sorted(EXPECTED_FACES.items()):
+        data = image_bytes(name)
+        expected = detector.detect(EncodedImage(data)).faces
+        assert len(expected) == count
+        with server.stub() as stub:  # a new connection each time: both front ends answer
+            got = face_rows(stub.DetectFaces(pb.DetectFacesRequest(encoded=data), timeout=60))
+        assert got.shape == expected.shape, f"{name}: {got.shape} vs {expected.shape}"
+        # Same bytes, same decoder, same model: the batch it shared may differ, nothing else.
+        np.testing.assert_allclose(got[:, :4], expected[:, :4], atol=0.5, err_msg=name)
+        np.testing.assert_allclose(got[:, 4], expected[:, 4], atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(got[:, 5:], expected[:, 5:], atol=0.5, err_msg=name)
+
+    # Concurrent callers on both front ends share engine batches; every answer is still whole.
+    errors: list[str] = []
+    data = image_bytes("zidane.jpg")
+
+    def caller() -> None:
+        with server.stub() as stub:
+            for _ in range(50):
+                response = stub.DetectFaces(pb.DetectFacesRequest(encoded=data), timeout=60)
+                if len(response.faces) != 2:
+                    errors.append(f"{len(response.faces)} faces")
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    summaries = [r for r in server.log_records() if r.get("event") == "engine_summary"]
+    assert server.stop() == 0, server.log_text()
+    stopped = [r for r in server.log_records() if r.get("event") == "engine_stopped"]
+    assert stopped and sum(r["images"] for r in summaries + stopped) >= 800 + len(EXPECTED_FACES)
+
+
+def test_engine_and_front_ends_do_not_grow_over_20000_requests(start_server: ServerFactory) -> None:
+    server = start_server(
+        "--backend", "torch", "--compile", "off", "--processes", "2", "--engine-process", "on",
+        "--max-batch", "32", "--batch-workers", "2", "--stream-window", "32", "--max-queue", "1024",
+        unix=False, start=False,
+    )  # fmt: skip
+    server.start(timeout=300)
+
+    def connected_events() -> list[dict[str, Any]]:
+        return [r for r in server.log_records() if r.get("event") == "engine_connected"]
+
+    # SERVING comes from whichever front end opened the shared port first.
+    wait_for(lambda: len(connected_events()) == 2, 60, "both front ends to reach the engine")
+    connected = connected_events()
+    engine = connected[0]["engine_pid"]
+    front_ends = [r["pid"] for r in connected]
+    assert len(set(front_ends)) == 2 and engine not in front_ends
+    # Warm-up: every batch bucket captured, and each process's allocator at its high-water mark
+    # for 16 streams x 32 frames in flight (about 80 MB of JPEGs).
+    send_stream_frames(server.target, 8000, 16)
+    before = {pid: rss_kib(pid) for pid in [engine, *front_ends]}
+    gpu0 = gpu_mib(engine)
+    send_stream_frames(server.target, 20000, 16)
+    after = {pid: rss_kib(pid) for pid in [engine, *front_ends]}
+    gpu1 = gpu_mib(engine)
+    print(f"host RSS KiB before {before}, after {after} (engine {engine}); GPU {gpu0} -> {gpu1} MiB")
+    for pid, rss in before.items():
+        assert after[pid] <= rss * 1.02, f"host RSS of {pid} grew {rss} -> {after[pid]} KiB"
+    assert gpu1 <= gpu0 * 1.02, f"GPU memory grew {gpu0} -> {gpu1} MiB"
+    assert server.stop() == 0, server.log_text()
