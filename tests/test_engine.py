@@ -534,7 +534,8 @@ def test_supervisor_exits_non_zero_when_the_engine_is_killed(start_server: Serve
 def test_one_front_end_on_a_unix_socket_and_an_engine_stopped_by_sigterm(start_server: ServerFactory) -> None:
     """--processes 1 --engine-process on: one front end, unix listen addresses allowed. An engine
     that exits, even cleanly (SIGTERM sent to it alone), is still a failure for the supervisor."""
-    server = start_supervised(start_server, "--processes", "1", unix=True)
+    # --grace-seconds 2: how long the engine keeps serving its still-connected front end.
+    server = start_supervised(start_server, "--processes", "1", "--grace-seconds", "2", unix=True)
     assert server.proc is not None
     children = child_pids(server.proc.pid)
     try:
@@ -609,6 +610,34 @@ def test_front_end_survives_the_engine_being_killed_and_restarted(start_server: 
         assert engine.stop() == 0, engine.log_text()
         assert not socket_path.exists(), "a stopped engine removes its socket file"
         assert [r["role"] for r in engine.log_records()] == ["engine"] * len(engine.log_records())
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_engine_given_sigterm_serves_its_front_ends_until_they_hang_up(start_server: ServerFactory) -> None:
+    """Engine and front ends as separate containers of one pod get SIGTERM together: the engine
+    must not fail the calls the front ends are still draining."""
+    socket_dir = short_socket_dir()
+    try:
+        socket_path = socket_dir / "e.sock"
+        engine = start_engine(start_server, socket_path, "engine")
+        front = start_server(
+            "--role", "frontend", "--engine-socket", str(socket_path), "--decode-threads", "1",
+            model=None, tcp=False, name="frontend",
+        )  # fmt: skip
+        request = detect_request(image_bytes("zidane.jpg"))
+        with front.stub() as stub:
+            assert len(stub.DetectFaces(request, timeout=30).faces) == 2
+            engine.signal(signal.SIGTERM)
+            wait_for(lambda: bool(events(engine, "engine_draining")), 10, "the engine to start draining")
+            assert events(engine, "engine_draining")[0]["front_ends"] == 1
+            assert not socket_path.exists(), "a draining engine takes no new front ends"
+            for _ in range(3):
+                assert len(stub.DetectFaces(request, timeout=30).faces) == 2
+            engine.check_alive()
+        assert front.stop() == 0, front.log_text()
+        assert engine.wait_exit(10) == 0, engine.log_text()
+        assert events(engine, "engine_stopped") and not events(engine, "engine_drain_timeout")
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
 

@@ -1,5 +1,6 @@
 """`facedet serve --role engine`: the model behind a unix socket, no gRPC. Runs until SIGTERM or
-SIGINT, then finishes the batches it holds and exits."""
+SIGINT, then serves its connected front ends until they hang up (at most --grace-seconds),
+finishes the batches it holds and exits."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def run_engine(config: ServerConfig) -> None:
     interval = config.summary_interval or None
     while not stop.wait(interval):
         log.info("engine_summary", interval_s=interval, **engine.take_stats().summary())
-    log.info("engine_draining")
+    log.info("engine_draining", front_ends=engine.connections, grace_seconds=config.grace_seconds)
+    remaining = engine.drain(config.grace_seconds)
+    if remaining:
+        log.warning("engine_drain_timeout", front_ends=remaining)
     engine.close()
     log.info("engine_stopped", **engine.take_stats().summary())

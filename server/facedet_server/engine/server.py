@@ -216,12 +216,29 @@ class EngineServer:
             job.connection.send(BatchDone(results[first : first + len(job.items)]))
             first += len(job.items)
 
-    def close(self) -> None:
-        """Stop accepting, finish the queued batches, close every connection and the model."""
+    def drain(self, timeout: float) -> int:
+        """Stop accepting front ends and keep serving the connected ones until they hang up
+        (draining their own calls), at most `timeout` seconds; returns how many remain.
+        Under the supervisor they are gone already; as separate containers of one pod, the
+        engine and its front ends get SIGTERM together, and the front ends still need it."""
         if self._listener is not None:
             self._listener.close()
+            self._listener = None
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        deadline = time.monotonic() + timeout
+        while (remaining := self.connections) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return remaining
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def close(self) -> None:
+        """Stop accepting, finish the queued batches, close every connection and the model."""
+        self.drain(0)
         self._jobs.close()
         for thread in self._threads:
             thread.join()
