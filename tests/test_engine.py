@@ -97,6 +97,8 @@ def start_engine(start_server: ServerFactory, socket_path: Path, name: str) -> S
         str(socket_path),
         "--intra-op-threads",
         "1",
+        "--engine-threads",
+        "2",
         "--log-format",
         "json",
         tcp=False,
@@ -561,6 +563,7 @@ def test_front_end_survives_the_engine_being_killed_and_restarted(start_server: 
         assert len(str(socket_path)) < 100
         engine = start_engine(start_server, socket_path, "engine")
         assert socket_path.is_socket() and (socket_path.stat().st_mode & 0o777) == 0o600
+        assert events(engine, "engine_serving")[0]["threads"] == 2  # --engine-threads, not --batch-workers
         front = start_server(
             "--role",
             "frontend",

@@ -110,6 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--engine-socket. --processes/--engine-process set these for their children",
         choices=("server", "engine", "frontend"),
     ),
+    Setting(
+        "engine_threads",
+        0,
+        "engine process: inference threads, each running one merged batch at a time (0 = "
+        "--batch-workers); a front end's --batch-workers is then its batches in flight to the engine",
+        int,
+    ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
     Setting(
         "engine_wait",
@@ -170,6 +177,7 @@ class ServerConfig:
     processes: int = 1
     engine_process: str = "auto"
     role: str = "server"
+    engine_threads: int = 0
     engine_socket: str = ""
     engine_wait: float = 900.0
     reuse_port: bool = False
@@ -254,7 +262,7 @@ def validate(config: ServerConfig) -> None:
         value = getattr(config, name)
         if math.isnan(value) or value < 0:
             problems.append(f"{name} must be a number >= 0")
-    for name in ("decode_threads", "intra_op_threads", "inter_op_threads"):
+    for name in ("decode_threads", "intra_op_threads", "inter_op_threads", "engine_threads"):
         if getattr(config, name) < 0:
             problems.append(f"{name} must be >= 0 (0 = automatic)")
     for setting in SETTINGS:

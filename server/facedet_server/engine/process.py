@@ -26,8 +26,9 @@ def run_engine(config: ServerConfig) -> None:
         signal.signal(sig, lambda _signum, _frame: stop.set())
     started = time.perf_counter()
     model_path = resolve_model(config.model)
+    threads = config.engine_threads or config.batch_workers
     engine = EngineServer(
-        build_pipeline(config, model_path), Path(config.engine_socket), config.batch_workers, config.max_batch
+        build_pipeline(config, model_path), Path(config.engine_socket), threads, config.max_batch
     )
     engine.start()
     log.info(
@@ -35,7 +36,7 @@ def run_engine(config: ServerConfig) -> None:
         socket=config.engine_socket,
         model=str(model_path),
         backend=engine.info.backend,
-        workers=config.batch_workers,
+        threads=threads,
         max_batch=config.max_batch,
         seconds=round(time.perf_counter() - started, 2),
     )
