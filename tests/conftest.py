@@ -368,24 +368,18 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _nvidia_smi_csv(query: str) -> list[str]:
+    return subprocess.run(
+        ["nvidia-smi", query, "--format=csv,noheader,nounits"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
+
 def gpu_mib(pid: int) -> int:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    total = sum(
-        int(used) for p, used in (line.split(", ") for line in out.strip().splitlines()) if int(p) == pid
-    )
+    lines = _nvidia_smi_csv("--query-compute-apps=pid,used_memory")
+    rows = (line.split(",") for line in lines if line.strip())
+    total = sum(int(used) for p, used in rows if int(p) == pid)
     if total == 0:  # some containers hide per-process figures; fall back to the whole card
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        total = int(out.split()[0])
+        total = int(_nvidia_smi_csv("--query-gpu=memory.used")[0].strip())
     return total
 
 
