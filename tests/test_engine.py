@@ -645,6 +645,39 @@ def test_engine_given_sigterm_serves_its_front_ends_until_they_hang_up(start_ser
         shutil.rmtree(socket_dir, ignore_errors=True)
 
 
+def test_front_end_fails_a_batch_a_hung_engine_does_not_answer(start_server: ServerFactory) -> None:
+    """A stopped engine process (SIGSTOP: what a hung GPU looks like from outside) costs the
+    calls waiting on it --engine-timeout, not their whole deadline; once it runs again the
+    front end reconnects."""
+    socket_dir = short_socket_dir()
+    try:
+        socket_path = socket_dir / "e.sock"
+        engine = start_engine(start_server, socket_path, "engine")
+        front = start_server(
+            "--role", "frontend", "--engine-socket", str(socket_path), "--engine-timeout", "1.5",
+            "--decode-threads", "1", model=None, tcp=False, name="frontend",
+        )  # fmt: skip
+        request = detect_request(image_bytes("zidane.jpg"))
+        assert engine.proc is not None
+        with front.stub() as stub:
+            assert len(stub.DetectFaces(request, timeout=30).faces) == 2
+            engine.proc.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                error = rpc_error(lambda: stub.DetectFaces(request, timeout=30))
+                waited = time.monotonic() - started
+            finally:
+                engine.proc.send_signal(signal.SIGCONT)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+            assert str(socket_path) in error.details() and "timed out" in error.details()
+            assert 1.0 < waited < 10, f"the call failed after {waited:.1f} s"
+            assert len(stub.DetectFaces(request, timeout=30).faces) == 2
+        assert front.stop() == 0, front.log_text()
+        assert engine.stop() == 0, engine.log_text()
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
 def test_front_end_waiting_for_its_engine_stops_on_sigterm(start_server: ServerFactory) -> None:
     socket_dir = short_socket_dir()
     try:

@@ -175,7 +175,9 @@ def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipe
         from facedet_server.errors import DetectError
 
         try:
-            engine = EnginePipeline(Path(config.engine_socket), config.engine_wait, aborted)
+            engine = EnginePipeline(
+                Path(config.engine_socket), config.engine_wait, aborted, config.engine_timeout
+            )
         except DetectError as exc:
             raise StartupError(exc.message) from None
         log.info("engine_connected", socket=config.engine_socket, engine_pid=engine.info.pid, pid=os.getpid())

@@ -126,6 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
         float,
     ),
     Setting(
+        "engine_timeout",
+        120.0,
+        "seconds a front end waits for its engine to answer one batch; past it the batch fails "
+        "with UNAVAILABLE (a hung engine) and the next batch reconnects",
+        float,
+    ),
+    Setting(
         "reuse_port",
         False,
         "let other processes bind the same TCP port (SO_REUSEPORT); --processes sets it for its "
@@ -180,6 +187,7 @@ class ServerConfig:
     engine_threads: int = 0
     engine_socket: str = ""
     engine_wait: float = 900.0
+    engine_timeout: float = 120.0
     reuse_port: bool = False
     device: str = "cuda:0"
     gpu_decode: str = "auto"
@@ -270,6 +278,8 @@ def validate(config: ServerConfig) -> None:
             problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
         problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
+    if not config.engine_timeout > 0:  # also false for NaN
+        problems.append("engine_timeout must be a number > 0")
     if config.role != "server" and not config.engine_socket:
         problems.append(f"--role {config.role} needs --engine-socket")
     if config.role != "server" and config.processes > 1:

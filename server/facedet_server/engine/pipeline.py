@@ -42,11 +42,18 @@ class EngineBackend:
 
 class EnginePipeline:
     def __init__(
-        self, socket_path: Path, wait_seconds: float, aborted: threading.Event | None = None
+        self,
+        socket_path: Path,
+        wait_seconds: float,
+        aborted: threading.Event | None = None,
+        batch_timeout: float = 120.0,
     ) -> None:
         """Blocks until the engine answers (it opens its socket once warmed up), at most
-        `wait_seconds`, or until `aborted` is set (SIGTERM while waiting)."""
+        `wait_seconds`, or until `aborted` is set (SIGTERM while waiting). A batch takes
+        milliseconds: an engine silent for `batch_timeout` seconds is hung (a stuck GPU), and the
+        calls waiting on it fail with UNAVAILABLE rather than wait for their deadlines."""
         self.socket_path = socket_path
+        self.batch_timeout = batch_timeout
         self._local = threading.local()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -144,6 +151,7 @@ class EnginePipeline:
         except OSError:
             sock.close()
             raise
+        sock.settimeout(self.batch_timeout)  # a timeout is an OSError: the socket is dropped
         return sock
 
     def _thread_socket(self) -> socket.socket:
