@@ -607,6 +607,7 @@ def test_front_end_survives_the_engine_being_killed_and_restarted(start_server: 
             )  # fmt: skip
             assert second.returncode == 1, second.stderr
             assert "already listening" in second.stderr and "Traceback" not in second.stderr, second.stderr
+            assert "backend_chosen" not in second.stderr, "it must fail before loading the model"
             assert socket_path.is_socket()
             assert len(stub.DetectFaces(request, timeout=30).faces) == 2
         assert front.stop() == 0, front.log_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from facedet_server.config import ServerConfig
-from facedet_server.engine.server import EngineServer
+from facedet_server.engine.server import EngineServer, ensure_free
 
 log = structlog.get_logger("facedet.engine")
 
@@ -25,6 +25,7 @@ def run_engine(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
     started = time.perf_counter()
+    ensure_free(Path(config.engine_socket))
     model_path = resolve_model(config.model)
     threads = config.engine_threads or config.batch_workers
     engine = EngineServer(

@@ -249,19 +249,26 @@ class EngineServer:
         self.pipeline.backend.close()
 
 
+def ensure_free(path: Path) -> None:
+    """Refuse a socket path a live engine listens on; remove one left by an engine that died.
+    Checked before the model loads too, so a misconfigured second engine fails in a second,
+    not after minutes of compiling."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: left behind by an engine that died
+    else:
+        raise OSError(f"another engine is already listening on {path}")
+    finally:
+        probe.close()
+
+
 def listen(path: Path) -> socket.socket:
-    """A unix socket only this user can connect to (the protocol is pickle: see `wire`).
-    A stale socket file from a killed engine is replaced; a live engine's is not."""
-    if path.exists():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # nobody listens: left behind by an engine that died
-        else:
-            raise OSError(f"another engine is already listening on {path}")
-        finally:
-            probe.close()
+    """A unix socket only this user can connect to (the protocol is pickle: see `wire`)."""
+    ensure_free(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
