@@ -383,28 +383,40 @@ def gpu_mib(pid: int) -> int:
     return total
 
 
-def send_stream_frames(target: str, frames: int, streams: int) -> None:
+def send_stream_frames(channels: Sequence[grpc.Channel], frames: int) -> None:
+    """`frames` zidane.jpg frames over one stream per channel, all at once. Callers keep their
+    channels across phases of a memory test: new connections could land on other --processes
+    front ends, and each front end's RSS follows the streams it holds in flight."""
     data = image_bytes("zidane.jpg")
     errors: list[str] = []
 
-    def one_stream(count: int) -> None:
-        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-            call = channel.stream_stream(
-                "/facedet.v1.FaceDetector/StreamDetectFaces",
-                request_serializer=pb.DetectFacesRequest.SerializeToString,
-                response_deserializer=pb.DetectFacesResponse.FromString,
-            )
-            requests = (pb.DetectFacesRequest(encoded=data, frame_id=i) for i in range(count))
-            for i, response in enumerate(call(requests)):
-                if response.frame_id != i or len(response.faces) != 2 or response.HasField("error"):
-                    errors.append(f"frame {i}: {response}")
+    def one_stream(channel: grpc.Channel, count: int) -> None:
+        call = channel.stream_stream(
+            "/facedet.v1.FaceDetector/StreamDetectFaces",
+            request_serializer=pb.DetectFacesRequest.SerializeToString,
+            response_deserializer=pb.DetectFacesResponse.FromString,
+        )
+        requests = (pb.DetectFacesRequest(encoded=data, frame_id=i) for i in range(count))
+        for i, response in enumerate(call(requests)):
+            if response.frame_id != i or len(response.faces) != 2 or response.HasField("error"):
+                errors.append(f"frame {i}: {response}")
 
-    threads = [threading.Thread(target=one_stream, args=(frames // streams,)) for _ in range(streams)]
+    count = frames // len(channels)
+    threads = [threading.Thread(target=one_stream, args=(channel, count)) for channel in channels]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+@contextlib.contextmanager
+def open_channels(target: str, count: int) -> Iterator[list[grpc.Channel]]:
+    """`count` channels to `target`, each its own connection (CHANNEL_OPTIONS)."""
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(grpc.insecure_channel(target, options=CHANNEL_OPTIONS)) for _ in range(count)
+        ]
 
 
 # Test modules import these helpers as `from facedet_test_support import ...`, not `from conftest

@@ -22,6 +22,7 @@ from facedet_test_support import (  # noqa: E402
     ServerFactory,
     gpu_mib,
     image_bytes,
+    open_channels,
     rss_kib,
     send_stream_frames,
 )
@@ -147,10 +148,11 @@ def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> No
     server.start(timeout=300)  # the default --compile compiles three shapes first (cold cache)
     assert server.proc is not None
     pid = server.proc.pid
-    send_stream_frames(server.target, 4000, 16)  # warm-up: every batch bucket gets used and captured
-    rss0, gpu0 = rss_kib(pid), gpu_mib(pid)
-    send_stream_frames(server.target, 20000, 16)
-    rss1, gpu1 = rss_kib(pid), gpu_mib(pid)
+    with open_channels(server.target, 16) as channels:
+        send_stream_frames(channels, 4000)  # warm-up: every batch bucket gets used and captured
+        rss0, gpu0 = rss_kib(pid), gpu_mib(pid)
+        send_stream_frames(channels, 20000)
+        rss1, gpu1 = rss_kib(pid), gpu_mib(pid)
     print(f"host RSS {rss0} -> {rss1} KiB, GPU {gpu0} -> {gpu1} MiB")
     assert rss1 <= rss0 * 1.02, f"host RSS grew {rss0} -> {rss1} KiB"
     assert gpu1 <= gpu0 * 1.02, f"GPU memory grew {gpu0} -> {gpu1} MiB"
