@@ -116,6 +116,15 @@ def start_engine(start_server: ServerFactory, socket_path: Path, name: str) -> S
     return engine
 
 
+def start_front_end(start_server: ServerFactory, socket_path: Path, *args: str) -> Server:
+    """`facedet serve --role frontend` on a unix socket, feeding the engine at `socket_path`."""
+    return start_server(
+        "--role", "frontend", "--engine-socket", str(socket_path), "--decode-threads", "1", *args,
+        model=None,  # a front end needs no model file
+        tcp=False, name="frontend",
+    )  # fmt: skip
+
+
 def child_pids(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -564,17 +573,7 @@ def test_front_end_survives_the_engine_being_killed_and_restarted(start_server: 
         engine = start_engine(start_server, socket_path, "engine")
         assert socket_path.is_socket() and (socket_path.stat().st_mode & 0o777) == 0o600
         assert events(engine, "engine_serving")[0]["threads"] == 2  # --engine-threads, not --batch-workers
-        front = start_server(
-            "--role",
-            "frontend",
-            "--engine-socket",
-            str(socket_path),
-            "--decode-threads",
-            "1",
-            model=None,  # a front end needs no model file
-            tcp=False,
-            name="frontend",
-        )
+        front = start_front_end(start_server, socket_path)
         request = detect_request(image_bytes("zidane.jpg"))
         with front.stub() as stub:
             assert len(stub.DetectFaces(request, timeout=30).faces) == 2
@@ -625,10 +624,7 @@ def test_engine_given_sigterm_serves_its_front_ends_until_they_hang_up(start_ser
     try:
         socket_path = socket_dir / "e.sock"
         engine = start_engine(start_server, socket_path, "engine")
-        front = start_server(
-            "--role", "frontend", "--engine-socket", str(socket_path), "--decode-threads", "1",
-            model=None, tcp=False, name="frontend",
-        )  # fmt: skip
+        front = start_front_end(start_server, socket_path)
         request = detect_request(image_bytes("zidane.jpg"))
         with front.stub() as stub:
             assert len(stub.DetectFaces(request, timeout=30).faces) == 2
@@ -654,10 +650,7 @@ def test_front_end_fails_a_batch_a_hung_engine_does_not_answer(start_server: Ser
     try:
         socket_path = socket_dir / "e.sock"
         engine = start_engine(start_server, socket_path, "engine")
-        front = start_server(
-            "--role", "frontend", "--engine-socket", str(socket_path), "--engine-timeout", "1.5",
-            "--decode-threads", "1", model=None, tcp=False, name="frontend",
-        )  # fmt: skip
+        front = start_front_end(start_server, socket_path, "--engine-timeout", "1.5")
         request = detect_request(image_bytes("zidane.jpg"))
         assert engine.proc is not None
         with front.stub() as stub:
