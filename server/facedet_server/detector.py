@@ -199,8 +199,10 @@ class Detector:
         self.spec = backend.spec
         self.limits = limits or Limits()
         self.preparer = HostPreparer(self.spec, self.limits, input_size)
-        self.fixed_shape = self.preparer.fixed_shape
-        self.input_size = input_size
+
+    @property
+    def fixed_shape(self) -> tuple[int, int] | None:
+        return self.preparer.fixed_shape
 
     @property
     def input_shape(self) -> tuple[int, int]:

@@ -57,12 +57,10 @@ class EnginePipeline:
         self._local = threading.local()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self.info = self._connect(wait_seconds, aborted or threading.Event())
-
-    @property
-    def backend(self) -> EngineBackend:
-        info = self.info
-        return EngineBackend(info.spec, info.backend, info.device, info.max_batch, info.model_sha256, self)
+        self.info = info = self._connect(wait_seconds, aborted or threading.Event())
+        self.backend = EngineBackend(
+            info.spec, info.backend, info.device, info.max_batch, info.model_sha256, self
+        )
 
     @property
     def spec(self) -> ModelSpec:

@@ -59,9 +59,8 @@ class GpuDetector:
         self.backend = backend
         self.spec = backend.spec
         self.limits = limits or Limits()
-        self.input_size = input_size
-        self.gpu_decode = gpu_decode and backend.torch_device.type == "cuda"
-        self.preparer = GpuPreparer(self.spec, self.limits, input_size, self.gpu_decode, rectangular)
+        gpu_decode = gpu_decode and backend.torch_device.type == "cuda"
+        self.preparer = GpuPreparer(self.spec, self.limits, input_size, gpu_decode, rectangular)
 
     @property
     def input_shape(self) -> tuple[int, int]:
