@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Source this on the GPU machine (device tool): installs the carried cp312 wheels that its image
-# lacks into /tmp/site and points the tests at the carried copy of ../shared.
+# lacks into /tmp/site (.whl; .trtwhl: the lean TensorRT runtime; .nvwhl: nvImageCodec and
+# nvJPEG) and points the tests at the carried copy of ../shared.
 set -e
 PY=${PY:-python3}
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 if ls .trtwhl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .trtwhl/*.whl
+fi
+if ls .nvwhl/*.whl >/dev/null 2>&1; then  # nvImageCodec and the nvJPEG it loads (--gpu-decode nvimgcodec)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .nvwhl/*.whl
+  export LD_LIBRARY_PATH=/tmp/site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 export PYTHONPATH=/tmp/site:$PWD/clients/python:$PWD/server:$PWD/converter:$PWD/trt_runtime
 export FACEDET_SHARED=$PWD/.devcarry/shared

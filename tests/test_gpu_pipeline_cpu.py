@@ -84,4 +84,6 @@ def test_prepare_inline_checks_only_the_header_and_leaves_the_rest_to_the_pool(
         is None
     )
     # A GpuDetector off the GPU (this CPU build) never decodes inline, whatever it is asked.
-    assert GpuDetector(backend, gpu_decode=True).prepare_inline(EncodedImage(zidane), Options()) is None
+    assert (
+        GpuDetector(backend, gpu_decode="torchvision").prepare_inline(EncodedImage(zidane), Options()) is None
+    )

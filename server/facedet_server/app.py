@@ -58,12 +58,17 @@ def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
     detector: Pipeline
     if backend.name == "torch":
         from facedet_server.backends.torch_cuda import TorchCudaBackend
-        from facedet_server.gpu.detector import GpuDetector, nvjpeg_available
+        from facedet_server.gpu.detector import GpuDetector
 
         assert isinstance(backend, TorchCudaBackend)
-        gpu_decode = config.gpu_decode == "on" or (config.gpu_decode == "auto" and nvjpeg_available())
-        detector = GpuDetector(backend, limits, config.input_size, gpu_decode=gpu_decode)
-        log.info("gpu_pipeline", nvjpeg=gpu_decode, buckets=backend.buckets, compile=backend.compile_mode)
+        gpu = GpuDetector(backend, limits, config.input_size, gpu_decode=config.gpu_decode)
+        log.info(
+            "gpu_pipeline",
+            jpeg_decoders=[decoder.name for decoder in gpu.decoders] or ["cpu"],
+            buckets=backend.buckets,
+            compile=backend.compile_mode,
+        )
+        detector = gpu
     else:
         detector = Detector(backend, limits, config.input_size)
     return detector

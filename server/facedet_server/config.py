@@ -144,8 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "gpu_decode",
         "auto",
-        "decode JPEGs on the GPU with nvJPEG (torch backend): auto, on, off",
-        choices=("auto", "on", "off"),
+        "decode JPEGs on the GPU (torch backend): torchvision (nvJPEG, one decoder per process), "
+        "nvimgcodec (nvImageCodec on the GPU's hardware JPEG engines, A100/H100/H200), both "
+        "(inference threads take turns between the two), off (libjpeg-turbo on the CPU); auto "
+        "takes torchvision where installed. What a GPU decoder refuses goes to the next, then the "
+        "CPU: auto, nvimgcodec, torchvision, both, off",
+        choices=("auto", "nvimgcodec", "torchvision", "both", "off"),
     ),
     Setting(
         "compile",

@@ -68,7 +68,7 @@ def test_torch_cuda_matches_onnxruntime_cpu(
     ref = cpu_detector.detect(EncodedImage(data)).faces
     # Same decoder and 640x640 square input as the CPU path, so only the runtime (FP16 CUDA vs
     # FP32 ONNX Runtime) differs; nvJPEG is compared on its own below.
-    got = GpuDetector(torch_backend, gpu_decode=False, rectangular=False).detect(EncodedImage(data)).faces
+    got = GpuDetector(torch_backend, gpu_decode="off", rectangular=False).detect(EncodedImage(data)).faces
     assert len(ref) == EXPECTED_FACES[name]
     assert_same_faces(ref, got)
 
@@ -87,7 +87,7 @@ def test_compiled_model_matches_onnxruntime_cpu(
     """What the server runs by default: inductor's kernels captured in the per-bucket graphs."""
     data = image_bytes(name)
     ref = cpu_detector.detect(EncodedImage(data)).faces
-    square = GpuDetector(compiled_backend, gpu_decode=False, rectangular=False)
+    square = GpuDetector(compiled_backend, gpu_decode="off", rectangular=False)
     assert_same_faces(ref, square.detect(EncodedImage(data)).faces)
     rect = GpuDetector(compiled_backend).detect(EncodedImage(data)).faces  # nvJPEG, 640x384 for 16:9
     eager = GpuDetector(torch_backend).detect(EncodedImage(data)).faces
@@ -110,7 +110,7 @@ def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: 
     # path's own DCT-reduced decode of large JPEGs would change the pixels far more).
     rgb = simplejpeg.decode_jpeg(data, colorspace="RGB")
     frame = RawFrame(rgb.shape[1], rgb.shape[0], "RGB8", rgb.tobytes())
-    on_cpu = GpuDetector(torch_backend, gpu_decode=False).detect(frame).faces
+    on_cpu = GpuDetector(torch_backend, gpu_decode="off").detect(frame).faces
     strong = on_cpu[on_cpu[:, 4] >= 0.6]  # faces near the threshold may flip on decoder rounding
     assert len(strong) > 0
     best = np.array([max(_iou(face, other) for other in on_gpu) for face in strong])

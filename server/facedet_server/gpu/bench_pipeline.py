@@ -21,6 +21,7 @@ import torch
 from facedet_server.backends.torch_cuda import TorchCudaBackend
 from facedet_server.detector import EncodedImage
 from facedet_server.gpu.detector import GpuDetector
+from facedet_server.gpu.jpeg import CHOICES
 from facedet_server.options import Options
 
 
@@ -31,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="8,32,64,128", help="batch sizes to try")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--gpu-decode", choices=("on", "off"), default="on")
+    parser.add_argument("--gpu-decode", choices=CHOICES, default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     backend = TorchCudaBackend(args.model, max_batch=max(batches))
-    detector = GpuDetector(backend, gpu_decode=args.gpu_decode == "on")
+    detector = GpuDetector(backend, gpu_decode=args.gpu_decode)
     image = EncodedImage(args.image.read_bytes())
     # Every worker thread captures its own CUDA graphs before anything is timed.
     warmers = [threading.Thread(target=detector.warm_up) for _ in range(args.workers)]
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"batch {batch:<4} workers {args.workers} nvjpeg {args.gpu_decode:<3} "
+            f"batch {batch:<4} workers {args.workers} decode {args.gpu_decode:<11} "
             f"{row['img_per_s']:>9.1f} img/s"
             f"  batch latency p50 {row['batch_p50_ms']} ms p99 {row['batch_p99_ms']} ms",
             flush=True,

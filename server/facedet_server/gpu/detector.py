@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,28 +22,12 @@ from facedet_server.detector import (
     micros_since,
 )
 from facedet_server.errors import DetectError, InvalidImage
+from facedet_server.gpu.jpeg import GpuJpegDecoder, make_jpeg_decoders
 from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
 from facedet_server.gpu.prepare import GpuPrepared, GpuPreparer
 from facedet_server.options import Options
 
-__all__ = ["GpuDetector", "GpuPrepared", "jpeg_tensors", "nvjpeg_available"]
-
-
-def nvjpeg_available() -> bool:
-    """torchvision with GPU JPEG decoding and a CUDA device to run it on."""
-    try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except (ImportError, RuntimeError):
-        return False
-    return bool(torch.cuda.is_available())
-
-
-def jpeg_tensors(datas: Sequence[bytes | memoryview]) -> list[torch.Tensor]:
-    """The compressed bytes as uint8 tensors for nvJPEG, without copying them: nvJPEG only
-    reads its input, so torch's warning about wrapping read-only memory does not apply."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
-        return [torch.frombuffer(data, dtype=torch.uint8) for data in datas]
+__all__ = ["GpuDetector", "GpuPrepared"]
 
 
 class GpuDetector:
@@ -53,14 +36,21 @@ class GpuDetector:
         backend: TorchCudaBackend,
         limits: Limits | None = None,
         input_size: int = 640,
-        gpu_decode: bool = True,
+        gpu_decode: str = "auto",
         rectangular: bool = True,
     ) -> None:
+        """`gpu_decode`: which GPU JPEG decoder (`gpu.jpeg.CHOICES`); `off` decodes on the CPU."""
         self.backend = backend
         self.spec = backend.spec
         self.limits = limits or Limits()
-        gpu_decode = gpu_decode and backend.torch_device.type == "cuda"
-        self.preparer = GpuPreparer(self.spec, self.limits, input_size, gpu_decode, rectangular)
+        # Tried in order; what all of them refuse is decoded on the CPU.
+        self.decoders: list[GpuJpegDecoder] = make_jpeg_decoders(gpu_decode, backend.torch_device)
+        self.preparer = GpuPreparer(self.spec, self.limits, input_size, bool(self.decoders), rectangular)
+
+    @property
+    def jpeg(self) -> GpuJpegDecoder | None:
+        """The first GPU decoder every JPEG goes to; None when JPEGs decode on the CPU."""
+        return self.decoders[0] if self.decoders else None
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -76,30 +66,30 @@ class GpuDetector:
         return self.preparer.prepare(image, options)
 
     def _to_device(self, items: Sequence[GpuPrepared]) -> list[torch.Tensor | DetectError]:
-        """(3, h, w) uint8 images on the GPU; nvJPEG decodes all JPEGs of the batch in one call,
-        and what it refuses (progressive, odd sampling, corrupt) falls back to libjpeg-turbo."""
+        """(3, h, w) uint8 images on the GPU; each GPU decoder takes the batch's JPEGs in one call,
+        what it refuses (progressive, odd sampling, corrupt) goes to the next, and what all refuse
+        to libjpeg-turbo."""
         device = self.backend.torch_device
         out: list[torch.Tensor | DetectError] = [InvalidImage("not decoded")] * len(items)
         jpeg_idx = [i for i, item in enumerate(items) if item.jpeg is not None]
-        if jpeg_idx:
-            from torchvision.io import decode_jpeg
-
-            datas = jpeg_tensors([items[i].jpeg or b"" for i in jpeg_idx])
-            try:
-                decoded = decode_jpeg(datas, device=device)
-                for i, tensor in zip(jpeg_idx, decoded, strict=True):
+        for decoder in self.decoders:
+            if not jpeg_idx:
+                break
+            decoded = decoder.decode([items[i].jpeg or b"" for i in jpeg_idx])
+            for i, tensor in zip(jpeg_idx, decoded, strict=True):
+                if tensor is not None:
                     out[i] = tensor
-            except RuntimeError:
-                for i in jpeg_idx:
-                    item = items[i]
-                    try:
-                        fallback = decode_image(
-                            EncodedImage(bytes(item.jpeg or b"")), self.limits.max_pixels, self.input_shape
-                        )
-                    except DetectError as exc:
-                        out[i] = exc
-                        continue
-                    item.pixels, item.scale = fallback.pixels, (fallback.scale_x, fallback.scale_y)
+            jpeg_idx = [i for i, tensor in zip(jpeg_idx, decoded, strict=True) if tensor is None]
+        for i in jpeg_idx:
+            item = items[i]
+            try:
+                fallback = decode_image(
+                    EncodedImage(bytes(item.jpeg or b"")), self.limits.max_pixels, self.input_shape
+                )
+            except DetectError as exc:
+                out[i] = exc
+                continue
+            item.pixels, item.scale = fallback.pixels, (fallback.scale_x, fallback.scale_y)
         for i, item in enumerate(items):
             if item.pixels is not None:
                 pixels = item.pixels if item.pixels.flags.writeable else item.pixels.copy()
