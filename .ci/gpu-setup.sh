@@ -8,9 +8,8 @@ $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
 if ls .trtwhl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .trtwhl/*.whl
 fi
-if ls .nvwhl/*.whl >/dev/null 2>&1; then  # nvImageCodec and the nvJPEG it loads (--gpu-decode nvimgcodec)
+if ls .nvwhl/*.whl >/dev/null 2>&1; then  # nvJPEG (and nvImageCodec in run Q)
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .nvwhl/*.whl
-  export LD_LIBRARY_PATH=/tmp/site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 export PYTHONPATH=/tmp/site:$PWD/clients/python:$PWD/server:$PWD/converter:$PWD/trt_runtime
 export FACEDET_SHARED=$PWD/.devcarry/shared

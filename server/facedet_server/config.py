@@ -144,12 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "gpu_decode",
         "auto",
-        "decode JPEGs on the GPU (torch backend): torchvision (nvJPEG, one decoder per process), "
-        "nvimgcodec (nvImageCodec on the GPU's hardware JPEG engines, A100/H100/H200), both "
-        "(inference threads take turns between the two), off (libjpeg-turbo on the CPU); auto "
-        "takes torchvision where installed. What a GPU decoder refuses goes to the next, then the "
-        "CPU: auto, nvimgcodec, torchvision, both, off",
-        choices=("auto", "nvimgcodec", "torchvision", "both", "off"),
+        "decode JPEGs on the GPU (torch backend): torchvision (nvJPEG on the SMs, one decoder per "
+        "process), hardware (the GPU's JPEG engines, A100/H100/H200, a decode state per thread), "
+        "both (inference threads take turns between the two), off (libjpeg-turbo on the CPU); "
+        "auto takes torchvision. What a GPU decoder refuses goes to the next, then the CPU: "
+        "auto, torchvision, hardware, both, off",
+        choices=("auto", "torchvision", "hardware", "both", "off"),
     ),
     Setting(
         "compile",

@@ -1,7 +1,7 @@
 """The GPU JPEG decoders (`facedet_server.gpu.jpeg`) on a real GPU: each gives libjpeg-turbo's
 pixels up to decoder rounding, takes a batch in which some images it cannot decode without
-losing the others, and nvImageCodec's per-thread decoders give the same pixels when several
-threads decode at once."""
+losing the others, and the hardware decoder's per-thread states give the same pixels when
+several threads decode at once."""
 
 from __future__ import annotations
 
@@ -21,11 +21,8 @@ from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import EncodedImage  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
-from facedet_server.gpu.jpeg import (  # noqa: E402
-    NvImageCodecJpeg,
-    make_jpeg_decoders,
-    nvimgcodec_available,
-)
+from facedet_server.gpu.jpeg import make_jpeg_decoders  # noqa: E402
+from facedet_server.gpu.nvjpeg_hw import NvJpegHardware, hardware_decoder_available  # noqa: E402
 from facedet_server.options import Options  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -33,13 +30,13 @@ from PIL import Image  # noqa: E402
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device("cuda")
 PHOTOS = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg", "test.jpg"]
-NEEDS_NVIMGCODEC = pytest.mark.skipif(
-    not nvimgcodec_available(), reason="nvidia-nvimgcodec-cu13 is not installed"
+NEEDS_ENGINES = pytest.mark.skipif(
+    not hardware_decoder_available(DEVICE), reason="no hardware JPEG decoder on this GPU (or no libnvjpeg)"
 )
 DECODERS = [
     "torchvision",
-    pytest.param("nvimgcodec", marks=NEEDS_NVIMGCODEC),
-    pytest.param("both", marks=NEEDS_NVIMGCODEC),
+    pytest.param("hardware", marks=NEEDS_ENGINES),
+    pytest.param("both", marks=NEEDS_ENGINES),
 ]
 
 
@@ -109,9 +106,9 @@ def test_a_bad_image_in_a_batch_costs_only_itself(name: str, backend: TorchCudaB
         assert isinstance(results[2], InvalidImage)
 
 
-@pytest.mark.skipif(not nvimgcodec_available(), reason="nvidia-nvimgcodec-cu13 is not installed")
-def test_nvimgcodec_threads_decode_at_once_and_agree() -> None:
-    decoder = NvImageCodecJpeg(DEVICE, "hw")
+@NEEDS_ENGINES
+def test_hardware_threads_decode_at_once_and_agree() -> None:
+    decoder = NvJpegHardware(DEVICE)
     datas = [image_bytes(photo) for photo in PHOTOS] * 4
     reference = [None if img is None else img.cpu() for img in decoder.decode(datas)]
     assert sum(img is not None for img in reference) >= 16  # the hardware refuses test.jpg only

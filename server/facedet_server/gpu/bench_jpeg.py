@@ -1,8 +1,8 @@
 """GPU JPEG decoders side by side: `python -m facedet_server.gpu.bench_jpeg --image I [--check DIR]`.
 
-For each decoder (torchvision's nvJPEG, and nvImageCodec with each backend set: hardware JPEG
-engines, CUDA, both, hybrid) and each thread count, the decode rate of batches of copies of one
-JPEG, every thread on its own CUDA stream with its own decoder where the decoder allows. With
+For each decoder (torchvision's nvJPEG, the hardware JPEG engines, both with threads taking
+turns) and each thread count, the decode rate of batches of copies of one JPEG, every thread on
+its own CUDA stream with its own decoder state where the decoder allows. With
 `--check DIR`, each decoder's pixels for every JPEG in DIR against libjpeg-turbo's on the CPU
 (max and mean absolute difference), the number the detector tests care about.
 """
@@ -22,30 +22,18 @@ import numpy as np
 import simplejpeg
 import torch
 
-from facedet_server.gpu.jpeg import (
-    NVIMGCODEC_BACKENDS,
-    AlternatingJpeg,
-    GpuJpegDecoder,
-    NvImageCodecJpeg,
-    TorchvisionJpeg,
-    nvimgcodec_available,
-)
+from facedet_server.gpu.jpeg import AlternatingJpeg, GpuJpegDecoder, TorchvisionJpeg
+from facedet_server.gpu.nvjpeg_hw import NvJpegHardware
 
 
 def decoders(device: torch.device, names: list[str]) -> list[tuple[str, Callable[[], GpuJpegDecoder]]]:
-    """(label, factory) for each decoder asked for that is installed here."""
-    out: list[tuple[str, Callable[[], GpuJpegDecoder]]] = []
-    for name in names:
-        if name == "torchvision":
-            out.append((name, lambda: TorchvisionJpeg(device)))
-        elif name == "both" and nvimgcodec_available():
-            out.append(
-                (name, lambda: AlternatingJpeg([NvImageCodecJpeg(device, "hw"), TorchvisionJpeg(device)]))
-            )
-        elif name.startswith("nvimgcodec:") and nvimgcodec_available():
-            backends = name.split(":", 1)[1]
-            out.append((name, lambda b=backends: NvImageCodecJpeg(device, b)))  # type: ignore[misc]
-    return out
+    """(label, factory) for each decoder asked for."""
+    factories: dict[str, Callable[[], GpuJpegDecoder]] = {
+        "torchvision": lambda: TorchvisionJpeg(device),
+        "hardware": lambda: NvJpegHardware(device),
+        "both": lambda: AlternatingJpeg([NvJpegHardware(device), TorchvisionJpeg(device)]),
+    }
+    return [(name, factories[name]) for name in names]
 
 
 def rate(decoder: GpuJpegDecoder, data: bytes, batch: int, threads: int, seconds: float) -> float:
@@ -113,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image", type=Path, required=True, help="the JPEG to decode in batches")
     parser.add_argument("--check", type=Path, help="a folder of JPEGs to compare with libjpeg-turbo")
-    default_names = ",".join(["torchvision", *(f"nvimgcodec:{b}" for b in NVIMGCODEC_BACKENDS), "both"])
-    parser.add_argument("--decoders", default=default_names)
+    parser.add_argument("--decoders", default="torchvision,hardware,both")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", default="1,2,3,4")
     parser.add_argument("--seconds", type=float, default=2.0)
