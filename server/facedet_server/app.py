@@ -64,7 +64,7 @@ def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
         gpu = GpuDetector(backend, limits, config.input_size, gpu_decode=config.gpu_decode)
         log.info(
             "gpu_pipeline",
-            jpeg_decoders=[decoder.name for decoder in gpu.decoders] or ["cpu"],
+            nvjpeg=gpu.jpeg is not None,
             buckets=backend.buckets,
             compile=backend.compile_mode,
         )

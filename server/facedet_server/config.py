@@ -144,12 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "gpu_decode",
         "auto",
-        "decode JPEGs on the GPU (torch backend): torchvision (nvJPEG on the SMs, one decoder per "
-        "process), hardware (the GPU's JPEG engines, A100/H100/H200, a decode state per thread), "
-        "both (inference threads take turns between the two), off (libjpeg-turbo on the CPU); "
-        "auto takes torchvision. What a GPU decoder refuses goes to the next, then the CPU: "
-        "auto, torchvision, hardware, both, off",
-        choices=("auto", "torchvision", "hardware", "both", "off"),
+        "decode JPEGs on the GPU with nvJPEG (torch backend; what nvJPEG refuses is decoded on "
+        "the CPU): auto, on, off",
+        choices=("auto", "on", "off"),
     ),
     Setting(
         "compile",

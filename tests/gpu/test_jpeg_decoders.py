@@ -1,17 +1,16 @@
-"""The GPU JPEG decoders (`facedet_server.gpu.jpeg`) on a real GPU: each gives libjpeg-turbo's
-pixels up to decoder rounding, takes a batch in which some images it cannot decode without
-losing the others, and the hardware decoder's per-thread states give the same pixels when
-several threads decode at once."""
+"""nvJPEG (`facedet_server.gpu.jpeg`) on a real GPU: it gives libjpeg-turbo's pixels up to
+decoder rounding, and a batch holding JPEGs it cannot decode, grayscale and progressive ones
+loses none of the others: each image is answered on its own."""
 
 from __future__ import annotations
 
 import io
-import threading
+import struct
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the GPU decoders need PyTorch")
+torch = pytest.importorskip("torch", reason="the GPU decoder needs PyTorch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
@@ -21,8 +20,7 @@ from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import EncodedImage  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
-from facedet_server.gpu.jpeg import make_jpeg_decoders  # noqa: E402
-from facedet_server.gpu.nvjpeg_hw import NvJpegHardware, hardware_decoder_available  # noqa: E402
+from facedet_server.gpu.jpeg import NvJpegDecoder, make_jpeg_decoder  # noqa: E402
 from facedet_server.options import Options  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -30,14 +28,6 @@ from PIL import Image  # noqa: E402
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device("cuda")
 PHOTOS = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg", "test.jpg"]
-NEEDS_ENGINES = pytest.mark.skipif(
-    not hardware_decoder_available(DEVICE), reason="no hardware JPEG decoder on this GPU (or no libnvjpeg)"
-)
-DECODERS = [
-    "torchvision",
-    pytest.param("hardware", marks=NEEDS_ENGINES),
-    pytest.param("both", marks=NEEDS_ENGINES),
-]
 
 
 def host_rgb(data: bytes) -> np.ndarray:
@@ -59,81 +49,77 @@ def gray(name: str) -> bytes:
     return buffer.getvalue()
 
 
+def without_huffman_tables(data: bytes) -> bytes:
+    """The JPEG with its DHT segments cut out: the header still reads, the scan cannot."""
+    out, pos = bytearray(data[:2]), 2
+    while pos < len(data):
+        marker = data[pos + 1]
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker == 0xDA:  # start of scan: the entropy-coded data runs to the end
+            out += data[pos:]
+            break
+        if marker != 0xC4:
+            out += data[pos : pos + 2 + length]
+        pos += 2 + length
+    return bytes(out)
+
+
+def cut_after_scan_header(data: bytes) -> bytes:
+    sos = data.index(b"\xff\xda")
+    (length,) = struct.unpack(">H", data[sos + 2 : sos + 4])
+    return data[: sos + 2 + length] + b"\xff\xd9"
+
+
 @pytest.fixture(scope="module")
 def backend() -> TorchCudaBackend:
     return TorchCudaBackend(MODEL, max_batch=8)
 
 
-@pytest.mark.parametrize("name", DECODERS)
-def test_pixels_match_libjpeg_turbo(name: str) -> None:
-    decoders = make_jpeg_decoders(name, DEVICE)
-    datas = {photo: image_bytes(photo) for photo in PHOTOS}
-    seen: dict[str, str] = {}
-    for decoder in decoders:  # what one refuses goes to the next, as in GpuDetector
-        todo = [photo for photo in PHOTOS if photo not in seen]
-        for photo, image in zip(todo, decoder.decode([datas[p] for p in todo]), strict=True):
-            if image is None:
-                continue
-            seen[photo] = decoder.name
-            assert image.device.type == "cuda" and image.dtype == torch.uint8
-            want = host_rgb(datas[photo])
-            assert tuple(image.shape) == want.shape, photo
-            diff = np.abs(image.cpu().numpy().astype(np.int16) - want)
-            # Decoders differ in IDCT and chroma upsampling by a level or a few, not more on average.
-            assert diff.mean() < 1.5, f"{decoder.name} on {photo}: mean difference {diff.mean():.2f} levels"
-    assert sorted(seen) == sorted(PHOTOS), f"left to the CPU: {set(PHOTOS) - set(seen)}"
-    assert seen["zidane.jpg"] == decoders[0].name  # a baseline 4:2:0 JPEG: the first decoder's
-    print(name, seen)
+def test_pixels_match_libjpeg_turbo() -> None:
+    decoder = NvJpegDecoder(DEVICE)
+    datas = [image_bytes(photo) for photo in PHOTOS]
+    for photo, data, image in zip(PHOTOS, datas, decoder.decode(datas), strict=True):
+        assert image is not None, f"nvJPEG refused {photo}"
+        assert image.device.type == "cuda" and image.dtype == torch.uint8
+        want = host_rgb(data)
+        assert tuple(image.shape) == want.shape, photo
+        diff = np.abs(image.cpu().numpy().astype(np.int16) - want)
+        # nvJPEG upsamples chroma differently from libjpeg-turbo: a level or so on average
+        # (1.4 on 1.jpg, the worst), locally more at sharp colour edges.
+        assert diff.mean() < 2.0, f"{photo}: mean difference {diff.mean():.2f} levels"
 
 
-@pytest.mark.parametrize("name", DECODERS)
-def test_a_bad_image_in_a_batch_costs_only_itself(name: str, backend: TorchCudaBackend) -> None:
-    detector = GpuDetector(backend, gpu_decode=name)
-    assert detector.jpeg is not None and detector.jpeg.name == name
+def test_an_image_nvjpeg_refuses_costs_only_itself() -> None:
+    decoder = NvJpegDecoder(DEVICE)
     zidane = image_bytes("zidane.jpg")
-    truncated = zidane[: len(zidane) // 3]  # header intact: passes the front door, fails the decode
-    inputs = [zidane, progressive("bus.jpg"), truncated, gray("zidane.jpg"), zidane]
+    bad = [without_huffman_tables(zidane), cut_after_scan_header(zidane)]
+    for data in bad:  # the front door (a header check) lets them through
+        assert simplejpeg.decode_jpeg_header(data)[:2] == (720, 1280)
+    decoded = decoder.decode([zidane, *bad, gray("bus.jpg"), zidane])
+    assert decoded[1] is None or decoded[2] is None, "nvJPEG took both broken JPEGs"
+    for k in (0, 3, 4):  # the others still decode on the GPU, in their own right
+        image = decoded[k]
+        assert image is not None and image.shape[0] == 3
+
+
+def test_a_mixed_batch_through_the_detector(backend: TorchCudaBackend) -> None:
+    detector = GpuDetector(backend, gpu_decode="on")
+    zidane = image_bytes("zidane.jpg")
+    inputs = [zidane, progressive("bus.jpg"), without_huffman_tables(zidane), gray("zidane.jpg"), zidane]
     items = [detector.prepare(EncodedImage(data), Options()) for data in inputs]
-    assert all(item.jpeg is not None for item in items), "all five go to the GPU decoder"
+    assert all(item.jpeg is not None for item in items), "all five go to nvJPEG"
     results = detector.infer_batch(items)
     counts = [None if isinstance(r, Exception) else len(r.faces) for r in results]
     assert counts[0] == counts[4] == EXPECTED_FACES["zidane.jpg"]
     assert counts[1] == EXPECTED_FACES["bus.jpg"]
     assert counts[3] is not None and counts[3] >= 1  # the players are still there in gray
-    # A truncated JPEG may decode to a partly gray image (libjpeg-turbo pads) or be refused;
-    # either way it is answered on its own, and a refusal says why.
+    # Without its Huffman tables libjpeg-turbo may still decode it (standard tables) or refuse
+    # it; either way it is answered on its own, and a refusal says why.
     if isinstance(results[2], Exception):
         assert isinstance(results[2], InvalidImage)
 
 
-@NEEDS_ENGINES
-def test_hardware_threads_decode_at_once_and_agree() -> None:
-    decoder = NvJpegHardware(DEVICE)
-    datas = [image_bytes(photo) for photo in PHOTOS] * 4
-    reference = [None if img is None else img.cpu() for img in decoder.decode(datas)]
-    assert sum(img is not None for img in reference) >= 16  # the hardware refuses test.jpg only
-    errors: list[str] = []
-
-    def worker() -> None:
-        with torch.cuda.stream(torch.cuda.Stream()):
-            for _ in range(20):
-                got = decoder.decode(datas)
-                torch.cuda.current_stream().synchronize()
-                for want, image in zip(reference, got, strict=True):
-                    if (want is None) != (image is None) or (
-                        want is not None and image is not None and not torch.equal(want, image.cpu())
-                    ):
-                        errors.append("a thread's pixels differ")
-                        return
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
-
-
 def test_auto_and_off() -> None:
-    assert [d.name for d in make_jpeg_decoders("auto", DEVICE)] == ["torchvision"]
-    assert make_jpeg_decoders("off", DEVICE) == []
+    assert isinstance(make_jpeg_decoder("auto", DEVICE), NvJpegDecoder)
+    assert isinstance(make_jpeg_decoder("on", DEVICE), NvJpegDecoder)
+    assert make_jpeg_decoder("off", DEVICE) is None

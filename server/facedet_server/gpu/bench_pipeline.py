@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"batch {batch:<4} workers {args.workers} decode {args.gpu_decode:<11} "
+            f"batch {batch:<4} workers {args.workers} nvjpeg {args.gpu_decode:<4} "
             f"{row['img_per_s']:>9.1f} img/s"
             f"  batch latency p50 {row['batch_p50_ms']} ms p99 {row['batch_p99_ms']} ms",
             flush=True,

@@ -1,13 +1,13 @@
 """Where a GPU batch's time goes: `python -m facedet_server.gpu.bench_stages --model M --image I`.
 
 Runs each stage of `GpuDetector.infer_batch` on its own, with a device synchronisation after
-it, for one batch of copies of one JPEG: the header checks (`prepare`), the GPU batch decode
-(`--gpu-decode`), the letterbox into the model's batch, the model (CUDA graph)
+it, for one batch of copies of one JPEG: the header checks (`prepare`), wrapping the bytes for
+nvJPEG, the nvJPEG batch decode, the letterbox into the model's batch, the model (CUDA graph)
 and the score filter + NMS + copy back. Each figure is the median wall time of `--iters` runs,
 so it includes the host-side Python and launch cost as well as the GPU time; the last row is the
 whole `infer_batch` without the intermediate synchronisations. Then two throughput checks:
-GPU decode from 1, 2 and 3 threads (torchvision keeps one decoder per process behind a lock,
-nvImageCodec one per thread: `--gpu-decode`), and the whole batch from 1, 2 and 3 threads.
+nvJPEG decode from 1 and 2 threads (torchvision keeps one decoder per process behind a lock),
+and the whole batch from 1 and 2 threads.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from facedet_server.backends.torch_cuda import TorchCudaBackend
 from facedet_server.detector import EncodedImage
 from facedet_server.gpu.detector import GpuDetector
-from facedet_server.gpu.jpeg import CHOICES
+from facedet_server.gpu.jpeg import jpeg_tensors
 from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
 from facedet_server.options import Options
 
@@ -80,14 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--compile-mode", choices=("off", "default", "max-autotune"), default="off")
-    parser.add_argument("--gpu-decode", choices=[c for c in CHOICES if c != "off"], default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    from torchvision.io import decode_jpeg
 
     backend = TorchCudaBackend(args.model, max_batch=args.batch, compile_mode=args.compile_mode)
-    detector = GpuDetector(backend, gpu_decode=args.gpu_decode)
-    jpeg = detector.jpeg
-    assert jpeg is not None, "no GPU JPEG decoder"
+    detector = GpuDetector(backend)
     data = args.image.read_bytes()
     image = EncodedImage(data)
     n: int = args.batch
@@ -97,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     state: dict[str, Any] = {}
 
+    def wrap() -> None:
+        state["datas"] = jpeg_tensors([it.jpeg or b"" for it in items])
+
     def decode() -> None:
-        state["images"] = jpeg.decode([it.jpeg or b"" for it in items])
+        state["images"] = decode_jpeg(state["datas"], device=backend.torch_device)
 
     def letterbox() -> None:
         batch = torch.empty((n, 3, h, w), dtype=backend.dtype, device=backend.torch_device)
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     stages: list[tuple[str, Callable[[], Any]]] = [
         ("prepare (header check) x batch", lambda: [detector.prepare(image, Options()) for _ in range(n)]),
-        (f"{jpeg.name} batch decode", decode),
+        ("wrap bytes for nvJPEG", wrap),
+        ("nvJPEG batch decode", decode),
         ("letterbox into batch", letterbox),
         ("model (CUDA graph)", model),
         ("score filter + NMS + copy back", post),
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def decode_count() -> int:
         torch.cuda.current_stream().synchronize()
-        jpeg.decode([data] * n)
+        decode_jpeg(jpeg_tensors([data] * n), device=backend.torch_device)
         return n
 
     def batch_count() -> int:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return n
 
     for label, step, setup in (
-        (f"{jpeg.name} decode only", decode_count, lambda: None),
+        ("nvJPEG decode only", decode_count, lambda: None),
         ("whole batch", batch_count, lambda: backend.warm_up([(w, h)])),
     ):
         for threads in (1, 2, 3):

@@ -1,4 +1,4 @@
-"""`GpuDetector`: the Detector interface with decode (nvJPEG), letterbox, model and NMS on the
+"""`GpuDetector`: the Detector interface with decode (nvJPEG, `gpu.jpeg`), letterbox, model and NMS on the
 GPU. The CPU side of a request (`GpuPreparer`, in `gpu.prepare`) only checks the header against
 the limits, so the decode pool stays cheap and the GPU sees whole batches of compressed bytes."""
 
@@ -22,7 +22,7 @@ from facedet_server.detector import (
     micros_since,
 )
 from facedet_server.errors import DetectError, InvalidImage
-from facedet_server.gpu.jpeg import GpuJpegDecoder, make_jpeg_decoders
+from facedet_server.gpu.jpeg import NvJpegDecoder, make_jpeg_decoder
 from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
 from facedet_server.gpu.prepare import GpuPrepared, GpuPreparer
 from facedet_server.options import Options
@@ -39,18 +39,12 @@ class GpuDetector:
         gpu_decode: str = "auto",
         rectangular: bool = True,
     ) -> None:
-        """`gpu_decode`: which GPU JPEG decoder (`gpu.jpeg.CHOICES`); `off` decodes on the CPU."""
+        """`gpu_decode`: auto, on or off (`gpu.jpeg.CHOICES`); off decodes JPEGs on the CPU."""
         self.backend = backend
         self.spec = backend.spec
         self.limits = limits or Limits()
-        # Tried in order; what all of them refuse is decoded on the CPU.
-        self.decoders: list[GpuJpegDecoder] = make_jpeg_decoders(gpu_decode, backend.torch_device)
-        self.preparer = GpuPreparer(self.spec, self.limits, input_size, bool(self.decoders), rectangular)
-
-    @property
-    def jpeg(self) -> GpuJpegDecoder | None:
-        """The first GPU decoder every JPEG goes to; None when JPEGs decode on the CPU."""
-        return self.decoders[0] if self.decoders else None
+        self.jpeg: NvJpegDecoder | None = make_jpeg_decoder(gpu_decode, backend.torch_device)
+        self.preparer = GpuPreparer(self.spec, self.limits, input_size, self.jpeg is not None, rectangular)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -66,16 +60,13 @@ class GpuDetector:
         return self.preparer.prepare(image, options)
 
     def _to_device(self, items: Sequence[GpuPrepared]) -> list[torch.Tensor | DetectError]:
-        """(3, h, w) uint8 images on the GPU; each GPU decoder takes the batch's JPEGs in one call,
-        what it refuses (progressive, odd sampling, corrupt) goes to the next, and what all refuse
-        to libjpeg-turbo."""
+        """(3, h, w) uint8 images on the GPU; nvJPEG decodes all JPEGs of the batch in one call,
+        and what it refuses (corrupt, unusual encodings) falls back to libjpeg-turbo."""
         device = self.backend.torch_device
         out: list[torch.Tensor | DetectError] = [InvalidImage("not decoded")] * len(items)
         jpeg_idx = [i for i, item in enumerate(items) if item.jpeg is not None]
-        for decoder in self.decoders:
-            if not jpeg_idx:
-                break
-            decoded = decoder.decode([items[i].jpeg or b"" for i in jpeg_idx])
+        if jpeg_idx and self.jpeg is not None:
+            decoded = self.jpeg.decode([items[i].jpeg or b"" for i in jpeg_idx])
             for i, tensor in zip(jpeg_idx, decoded, strict=True):
                 if tensor is not None:
                     out[i] = tensor

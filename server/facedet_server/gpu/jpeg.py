@@ -1,35 +1,19 @@
-"""JPEG decoders on the GPU, behind one small interface so the pipeline can pick one.
+"""JPEG decode on the GPU: torchvision's nvJPEG batch decode, made safe for mixed batches.
 
-torchvision's `decode_jpeg(list, device="cuda")` runs nvJPEG's batched decoder on the SMs (and
-the CPU for Huffman decoding), but one decoder per process behind a lock: about 11,000 img/s of
-1280x720 on an H200 however many threads ask (docs/benchmarks.md), which caps an engine process
-that decodes for every front end. The GPU's hardware JPEG engines (`gpu.nvjpeg_hw`) are a second,
-independent decoder; `both` lets the inference threads use the two at once."""
+torchvision keeps one nvJPEG decoder per process behind a lock (about 11,000 img/s of 1280x720
+on an H200 however many threads ask). Two alternatives were measured and dropped, as neither
+made whole batches faster (docs/benchmarks.md, fourth pass): nvImageCodec and nvJPEG's hardware
+backend, both on the GPU's JPEG engines."""
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 
-from facedet_server.gpu.nvjpeg_hw import NvJpegHardware
-
-# What --gpu-decode accepts; "auto" is resolved by `make_jpeg_decoders` to AUTO where that is
-# available.
-CHOICES = ("auto", "torchvision", "hardware", "both", "off")
-AUTO = "torchvision"
-
-
-class GpuJpegDecoder(Protocol):
-    name: str
-
-    def decode(self, datas: Sequence[bytes | memoryview]) -> list[torch.Tensor | None]:
-        """(C, h, w) uint8 images on the device, ready in the current CUDA stream's order;
-        None where this decoder refused the image (the caller decodes those on the CPU)."""
-        ...
+# What --gpu-decode accepts: auto uses nvJPEG where torchvision has it, on requires it.
+CHOICES = ("auto", "on", "off")
 
 
 def jpeg_tensors(datas: Sequence[bytes | memoryview]) -> list[torch.Tensor]:
@@ -40,10 +24,10 @@ def jpeg_tensors(datas: Sequence[bytes | memoryview]) -> list[torch.Tensor]:
         return [torch.frombuffer(data, dtype=torch.uint8) for data in datas]
 
 
-class TorchvisionJpeg:
-    """torchvision's nvJPEG batch decode: one decoder per process, behind a lock."""
-
-    name = "torchvision"
+class NvJpegDecoder:
+    """torchvision's `decode_jpeg(list, device=cuda)`: (3, h, w) uint8 images on the device,
+    in the current CUDA stream's order; None where nvJPEG refused the image, which the caller
+    then decodes on the CPU."""
 
     def __init__(self, device: torch.device) -> None:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -55,78 +39,44 @@ class TorchvisionJpeg:
         self.device = device
 
     def decode(self, datas: Sequence[bytes | memoryview]) -> list[torch.Tensor | None]:
+        tensors = jpeg_tensors(datas)
         try:
-            return list(self._decode_jpeg(jpeg_tensors(datas), mode=self._mode, device=self.device))
+            return list(self._decode_jpeg(tensors, mode=self._mode, device=self.device))
         except RuntimeError:
-            # One image it cannot decode fails the whole call; which one is not said.
-            return [None] * len(datas)
+            pass
+        # One image nvJPEG cannot decode fails the whole call without saying which; one by one,
+        # only that image goes to the CPU rather than the whole batch.
+        out: list[torch.Tensor | None] = []
+        for tensor in tensors:
+            try:
+                out.append(self._decode_jpeg(tensor, mode=self._mode, device=self.device))
+            except RuntimeError:
+                out.append(None)
+        return out
 
 
-class AlternatingJpeg:
-    """Threads take turns between decoders that run on separate hardware (the JPEG engines,
-    torchvision's nvJPEG on the SMs and the CPU): each calling thread keeps the decoder it was
-    first given, so both decode at once."""
-
-    name = "both"
-
-    def __init__(self, decoders: Sequence[GpuJpegDecoder]) -> None:
-        self.decoders = list(decoders)
-        self._local = threading.local()
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def decode(self, datas: Sequence[bytes | memoryview]) -> list[torch.Tensor | None]:
-        decoder = getattr(self._local, "decoder", None)
-        if decoder is None:
-            with self._lock:
-                decoder = self._local.decoder = self.decoders[self._next % len(self.decoders)]
-                self._next += 1
-        result: list[torch.Tensor | None] = decoder.decode(datas)
-        return result
-
-
-def torchvision_available() -> bool:
+def nvjpeg_missing() -> str | None:
+    """Why nvJPEG cannot run in this process, or None when it can."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
     try:
         from torchvision.io import decode_jpeg  # noqa: F401
-    except (ImportError, RuntimeError):
-        return False
-    return True
+    except (ImportError, RuntimeError) as exc:
+        return f"torchvision with GPU JPEG decoding is not installed ({exc})"
+    return None
 
 
-def make_jpeg_decoders(choice: str, device: torch.device) -> list[GpuJpegDecoder]:
-    """The GPU JPEG decoders --gpu-decode names, in the order an image tries them: what the
-    first refuses goes to the next, what all refuse to libjpeg-turbo on the CPU. Empty for
-    `off` or a CPU device. A decoder named explicitly but unavailable is an error, not a
-    silent fallback; `auto` takes what is available."""
+def make_jpeg_decoder(choice: str, device: torch.device) -> NvJpegDecoder | None:
+    """The GPU JPEG decoder --gpu-decode asks for; None decodes on the CPU (`off`, a CPU
+    device, or `auto` where nvJPEG cannot run). `on` where it cannot is an error, not a silent
+    fallback."""
     if choice not in CHOICES:
         raise ValueError(f"gpu_decode must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "off" or device.type != "cuda" or not torch.cuda.is_available():
-        return []
-    has_tv = torchvision_available()
-    hardware: GpuJpegDecoder | None = None
-    if choice in ("hardware", "both") or (choice == "auto" and AUTO in ("hardware", "both")):
-        try:
-            hardware = NvJpegHardware(device)
-        except (RuntimeError, OSError) as exc:
-            if choice != "auto":
-                raise RuntimeError(f"--gpu-decode {choice}: no hardware JPEG decoder here: {exc}") from None
-    if choice == "auto":
-        usable = {
-            "torchvision": has_tv,
-            "hardware": hardware is not None,
-            "both": has_tv and hardware is not None,
-        }
-        choice = next((c for c in (AUTO, "torchvision", "hardware") if usable[c]), "off")
-        if choice == "off":
-            return []
-    if choice in ("torchvision", "both") and not has_tv:
-        raise RuntimeError(f"--gpu-decode {choice}: torchvision with GPU JPEG decoding is not installed")
-    # The engines decode baseline JPEGs only; torchvision's nvJPEG takes what they refuse
-    # (progressive, 4:1:1) before the CPU has to.
-    torchvision: list[GpuJpegDecoder] = [TorchvisionJpeg(device)] if has_tv else []
-    if choice == "torchvision":
-        return torchvision
-    assert hardware is not None
-    if choice == "hardware":
-        return [hardware, *torchvision]
-    return [AlternatingJpeg([hardware, *torchvision]), *torchvision]
+    if choice == "off" or device.type != "cuda":
+        return None
+    missing = nvjpeg_missing()
+    if missing is not None:
+        if choice == "on":
+            raise RuntimeError(f"--gpu-decode on: nvJPEG cannot run here: {missing}")
+        return None
+    return NvJpegDecoder(device)
