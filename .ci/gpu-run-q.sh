@@ -2,6 +2,7 @@
 # GPU machine, call Q: nvImageCodec on the hardware JPEG engines against torchvision's one
 # locked nvJPEG decoder, and both at once (threads take turns): decode alone, pixels, the
 # decoder tests, and the per-stage breakdown with each (fourth pass of issue 6).
+# Ran at commit 1c2aa88 (nvImageCodec in gpu/jpeg.py, gpu/bench_jpeg.py), removed since.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # Which nvImageCodec backends this machine has (the CUDA one failed to create in a first try).

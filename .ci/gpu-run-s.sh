@@ -2,6 +2,7 @@
 # GPU machine, call S: nvJPEG's hardware backend through ctypes (gpu/nvjpeg_hw.py: a decode
 # state per thread, no interpreter lock held while it decodes) against torchvision's one locked
 # decoder, and both at once: decode alone, pixels, the decoder tests, per-stage breakdown.
+# Ran at commit 963bdca (gpu/nvjpeg_hw.py, gpu/bench_jpeg.py), removed since.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "from facedet_server.gpu.nvjpeg_hw import find_nvjpeg; print('libnvjpeg:', find_nvjpeg())"
