@@ -383,6 +383,11 @@ def gpu_mib(pid: int) -> int:
     return total
 
 
+# Seconds a memory test waits after its last frame before reading RSS, with the server run at
+# --memory-trim-interval 1: long enough for one heap trim with nothing in flight.
+TRIMMED = 2.5
+
+
 def send_stream_frames(channels: Sequence[grpc.Channel], frames: int) -> None:
     """`frames` zidane.jpg frames over one stream per channel, all at once. Callers keep their
     channels across phases of a memory test: new connections could land on other --processes
@@ -432,6 +437,7 @@ __all__: Sequence[str] = (
     "REPO",
     "SERVICE",
     "SHARED",
+    "TRIMMED",
     "Server",
     "ServerFactory",
     "clean_env",

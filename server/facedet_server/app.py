@@ -28,6 +28,7 @@ from facedet_server.batcher import BatcherConfig
 from facedet_server.config import ServerConfig
 from facedet_server.detector import Detector, Limits, Pipeline
 from facedet_server.health import SERVING, HealthService
+from facedet_server.memory import trim_periodically
 from facedet_server.modelfiles import resolve_model
 from facedet_server.options import Options
 from facedet_server.service import DetectionService
@@ -161,15 +162,17 @@ async def serve(config: ServerConfig) -> None:
         await _open_ports(server, config)
     log.info("serving")
 
-    summaries = None
+    background = []
     if config.summary_interval > 0:
-        summaries = asyncio.create_task(_log_summaries(service, config.summary_interval))
+        background.append(asyncio.create_task(_log_summaries(service, config.summary_interval)))
+    if config.memory_trim_interval > 0:
+        background.append(asyncio.create_task(trim_periodically(config.memory_trim_interval)))
     await stop.wait()
 
-    if summaries is not None:
-        summaries.cancel()
+    for task in background:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await summaries
+            await task
     await _shut_down(server, health_servicer, service, config.grace_seconds)
 
 

@@ -86,6 +86,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "log level", choices=("debug", "info", "warning", "error")),
     Setting("summary_interval", 60.0, "seconds between summary log lines (0 = off)", float),
     Setting(
+        "memory_trim_interval",
+        10.0,
+        "seconds between handing freed heap memory back to the OS (glibc malloc_trim), so RSS "
+        "follows the frames in flight instead of staying at the largest burst's (0 = off)",
+        float,
+    ),
+    Setting(
         "processes",
         1,
         "gRPC server processes sharing the TCP ports (SO_REUSEPORT), for when one Python "
@@ -182,6 +189,7 @@ class ServerConfig:
     log_format: str = "auto"
     log_level: str = "info"
     summary_interval: float = 60.0
+    memory_trim_interval: float = 10.0
     processes: int = 1
     engine_process: str = "auto"
     role: str = "server"
@@ -267,7 +275,7 @@ def validate(config: ServerConfig) -> None:
     for name in ("min_confidence", "iou_threshold"):
         if not 0 < getattr(config, name) <= 1:  # also false for NaN
             problems.append(f"{name} must be in (0, 1]")
-    for name in ("max_delay_ms", "grace_seconds", "summary_interval", "engine_wait"):
+    for name in ("max_delay_ms", "grace_seconds", "summary_interval", "memory_trim_interval", "engine_wait"):
         value = getattr(config, name)
         if math.isnan(value) or value < 0:
             problems.append(f"{name} must be a number >= 0")

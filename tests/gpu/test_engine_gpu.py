@@ -5,6 +5,7 @@ the faces must be those the in-process GPU pipeline finds from the same bytes.""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from facedet_server.gpu.detector import GpuDetector  # noqa: E402
 from facedet_test_support import (  # noqa: E402
     EXPECTED_FACES,
     MODEL,
+    TRIMMED,
     ServerFactory,
     gpu_mib,
     image_bytes,
@@ -98,7 +100,7 @@ def test_engine_and_front_ends_do_not_grow_over_20000_requests(start_server: Ser
     server = start_server(
         "--backend", "torch", "--compile", "off", "--processes", "2", "--engine-process", "on",
         "--max-batch", "32", "--batch-workers", "2", "--stream-window", "32", "--max-queue", "1024",
-        unix=False, start=False,
+        "--memory-trim-interval", "1", unix=False, start=False,
     )  # fmt: skip
     server.start(timeout=300)
 
@@ -111,15 +113,17 @@ def test_engine_and_front_ends_do_not_grow_over_20000_requests(start_server: Ser
     engine = connected[0]["engine_pid"]
     front_ends = [r["pid"] for r in connected]
     assert len(set(front_ends)) == 2 and engine not in front_ends
-    # The same 16 connections for both phases: each front end keeps the streams it holds, so its
-    # RSS compares like with like (run P: new connections for the second phase moved about ten
-    # streams' frames in flight, 53 MB, onto one front end).
+    # The same 16 connections for both phases, and RSS read when nothing is in flight and the
+    # heaps have been trimmed: otherwise RSS is the largest burst of frames in flight so far
+    # (runs P and T: one front end +32-34%, 46-53 MB, about its streams' whole windows).
     with open_channels(server.target, 16) as channels:
         # Warm-up: every batch bucket captured, each process's allocator at its high-water mark.
         send_stream_frames(channels, 8000)
+        time.sleep(TRIMMED)
         before = {pid: rss_kib(pid) for pid in [engine, *front_ends]}
         gpu0 = gpu_mib(engine)
         send_stream_frames(channels, 20000)
+        time.sleep(TRIMMED)
         after = {pid: rss_kib(pid) for pid in [engine, *front_ends]}
         gpu1 = gpu_mib(engine)
     print(f"host RSS KiB before {before}, after {after} (engine {engine}); GPU {gpu0} -> {gpu1} MiB")

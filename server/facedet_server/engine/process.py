@@ -13,6 +13,7 @@ import structlog
 
 from facedet_server.config import ServerConfig
 from facedet_server.engine.server import EngineServer, ensure_free
+from facedet_server.memory import start_trim_thread
 
 log = structlog.get_logger("facedet.engine")
 
@@ -41,6 +42,8 @@ def run_engine(config: ServerConfig) -> None:
         max_batch=config.max_batch,
         seconds=round(time.perf_counter() - started, 2),
     )
+    if config.memory_trim_interval > 0:
+        start_trim_thread(config.memory_trim_interval, stop)
     interval = config.summary_interval or None
     while not stop.wait(interval):
         log.info("engine_summary", interval_s=interval, **engine.take_stats().summary())
