@@ -3,11 +3,7 @@
 # N whole pipelines (off), same machine, same client commands.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-run_config() {  # name, processes, extra serve flags...
-  start_server "$@" && bench_all
-  grep -E '"engine_summary"' "$OUT/server-$1.log" | grep -vE '"images": 0' | tail -4 | cut -c1-200
-  kill -TERM $S; wait $S; echo "exit $?"
-}
+ENGINE_LINES=4
 for c in ${CONFIGS:-e4 e8 p4}; do
   case $c in
     e4) run_config e4 4 --engine-process on --batch-workers 3 ;;

@@ -3,10 +3,6 @@
 # with 3 and 4 engine threads, against whole pipelines per process.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
-run_config() {  # name, processes, extra serve flags...
-  start_server "$@" && bench_all
-  kill -TERM $S; wait $S; echo "exit $?"
-}
 for c in ${CONFIGS:-e4 e4w4 p4}; do
   case $c in
     e4) run_config e4 4 --engine-process on --batch-workers 3 ;;

@@ -3,11 +3,6 @@
 # (--engine-threads), for the unary and streaming goals.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
-run_config() {  # name, processes, extra serve flags...
-  start_server "$@" && bench_all
-  grep -E '"engine_summary"' "$OUT/server-$1.log" | grep -vE '"images": 0' | tail -3 | cut -c1-170
-  kill -TERM $S; wait $S; echo "exit $?"
-}
 for c in ${CONFIGS:-t3w6 t2w6 t3w6p6}; do
   case $c in
     t3w6) run_config t3w6 4 --engine-process on --engine-threads 3 --batch-workers 6 ;;

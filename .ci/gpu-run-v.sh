@@ -6,6 +6,4 @@ source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 timeout 200 python3 -m pytest -q -rs -s -p no:cacheprovider tests/gpu/test_engine_gpu.py -k "do_not_grow" > "$OUT/tests.log" 2>&1
 grep -vE "$QUIET" "$OUT/tests.log" | grep -E "passed|failed|Error|assert|RSS" | tail -8
-start_server engine 4 --batch-workers 3 && bench_all
-grep -E '"engine_summary"' "$OUT/server-engine.log" | grep -vE '"images": 0' | tail -2 | cut -c1-200
-kill -TERM $S; wait $S; echo "exit $?"
+ENGINE_LINES=2 run_config engine 4 --batch-workers 3

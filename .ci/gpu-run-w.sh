@@ -4,10 +4,6 @@
 # whole pipelines without an engine (streams).
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
-run_config() {  # name, processes, extra serve flags...
-  start_server "$@" && bench_all
-  grep -E '"engine_summary"' "$OUT/server-$1.log" | grep -vE '"images": 0' | tail -1 | cut -c1-170
-  kill -TERM $S; wait $S; echo "exit $?"
-}
+ENGINE_LINES=1
 run_config p6t3w6 6 --engine-process on --engine-threads 3 --batch-workers 6 2>&1 | tee -a "$OUT/w.log"
 run_config off 4 --engine-process off --batch-workers 2 2>&1 | tee -a "$OUT/w.log"

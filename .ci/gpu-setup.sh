@@ -46,3 +46,10 @@ bench_all() {  # open loop at 2,000 img/s, unary c=256, 128 streams x 8 frames
   bench --concurrency 256 --duration 8 --warmup 2
   bench --stream --window 8 --concurrency 128 --processes 8 --duration 6 --warmup 2
 }
+
+run_config() {  # name, processes, extra serve flags...: serve, bench_all, the engine's last
+  # summaries (ENGINE_LINES of them, default 3), stop
+  start_server "$@" && bench_all
+  grep -E '"engine_summary"' "$OUT/server-$1.log" | grep -vE '"images": 0' | tail -"${ENGINE_LINES:-3}" | cut -c1-200
+  kill -TERM $S; wait $S; echo "exit $?"
+}
