@@ -48,6 +48,7 @@ lint: setup-dev
 
 typecheck: setup-dev
 	$(BIN)/mypy
+	$(BIN)/mypy tests
 
 test: setup-dev lint typecheck
 	$(BIN)/python -m pytest -q -ra

@@ -85,9 +85,7 @@ def zidane_half() -> bytes:
     return data[: len(data) // 2]
 
 
-def raw(
-    width: int, height: int, fmt: pb.PixelFormat.ValueType, size: int | None = None
-) -> pb.DetectFacesRequest:
+def raw(width: int, height: int, fmt: pb.PixelFormat, size: int | None = None) -> pb.DetectFacesRequest:
     channels = 1 if fmt == pb.PIXEL_FORMAT_GRAY8 else 3
     n = width * height * channels if size is None else size
     return pb.DetectFacesRequest(raw=pb.RawImage(width=width, height=height, format=fmt, data=b"\x80" * n))
@@ -153,7 +151,7 @@ CASES: dict[str, Case] = {
         lambda: raw(64, 48, pb.PIXEL_FORMAT_UNSPECIFIED, size=64 * 48 * 3), INVALID, ("format",)
     ),
     "raw-format-unknown-number": Case(
-        lambda: raw(64, 48, cast(pb.PixelFormat.ValueType, 42), size=64 * 48 * 3), INVALID, ("format",)
+        lambda: raw(64, 48, cast(pb.PixelFormat, 42), size=64 * 48 * 3), INVALID, ("format",)
     ),
     "over-size-message": Case(
         lambda: pb.DetectFacesRequest(encoded=image_bytes("zidane.jpg") + b"\x00" * (2 * MAX_MESSAGE)),

@@ -10,7 +10,6 @@ import struct
 import numpy as np
 import pytest
 import simplejpeg
-from facedet_server import decode as decode_module
 from facedet_server.decode import (
     check_pixels,
     dct_scale_for,
@@ -296,8 +295,8 @@ def test_too_many_pixels_is_refused_from_the_header_before_decoding(monkeypatch:
     data = bytearray(small_jpeg())
     sof = sof_offset(bytes(data))
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)  # height, width in SOF0
-    monkeypatch.setattr(decode_module.simplejpeg, "decode_jpeg", no_decoding)
-    monkeypatch.setattr(decode_module.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr("facedet_server.decode.simplejpeg.decode_jpeg", no_decoding)
+    monkeypatch.setattr("facedet_server.decode.cv2.imdecode", no_decoding)
     error = expect_invalid("over the server limit", decode_encoded, bytes(data), 50_000_000)
     assert "60000x60000" in error.message and "50.0 Mpx" in error.message
     png = bytearray(pil_bytes(Image.new("RGB", (30, 20)), "PNG"))

@@ -14,7 +14,15 @@ import simplejpeg
 from facedet_server import detector as detector_module
 from facedet_server.backends.onnxruntime import OnnxRuntimeBackend
 from facedet_server.decode import DecodedImage, decode_encoded
-from facedet_server.detector import Detection, Detector, EncodedImage, Limits, Prepared, RawFrame
+from facedet_server.detector import (
+    Detection,
+    Detector,
+    EncodedImage,
+    ImageInput,
+    Limits,
+    Prepared,
+    RawFrame,
+)
 from facedet_server.errors import DetectError, InvalidImage
 from facedet_server.model_spec import ModelSpec
 from facedet_server.options import Options
@@ -166,7 +174,7 @@ def test_infer_batch_equals_one_at_a_time(backend: OnnxRuntimeBackend) -> None:
     detector = Detector(backend)
     detector.backend = _Chunked(backend, max_batch=2)  # type: ignore[assignment]
     blank = RawFrame(320, 200, "RGB8", np.full((200, 320, 3), 90, np.uint8).tobytes())
-    inputs = [
+    inputs: list[tuple[ImageInput, Options]] = [
         (EncodedImage(image_bytes("zidane.jpg")), Options()),
         (EncodedImage(image_bytes("sample.jpg")), Options(min_confidence=0.87)),
         (blank, Options()),

@@ -37,7 +37,7 @@ def rgb_of(name: str) -> np.ndarray:
 
 
 def raw_request(
-    rgb: np.ndarray, fmt: pb.PixelFormat.ValueType = pb.PIXEL_FORMAT_RGB8, frame_id: int = 0
+    rgb: np.ndarray, fmt: pb.PixelFormat = pb.PIXEL_FORMAT_RGB8, frame_id: int = 0
 ) -> pb.DetectFacesRequest:
     height, width = rgb.shape[:2]
     if fmt == pb.PIXEL_FORMAT_BGR8:
@@ -142,9 +142,7 @@ def test_explicit_threshold_matches_default(transport_stub: pb_grpc.FaceDetector
 
 
 @pytest.mark.parametrize("fmt", [pb.PIXEL_FORMAT_RGB8, pb.PIXEL_FORMAT_BGR8], ids=["RGB8", "BGR8"])
-def test_raw_frames_match_jpeg(
-    transport_stub: pb_grpc.FaceDetectorStub, fmt: pb.PixelFormat.ValueType
-) -> None:
+def test_raw_frames_match_jpeg(transport_stub: pb_grpc.FaceDetectorStub, fmt: pb.PixelFormat) -> None:
     data = image_bytes("zidane.jpg")
     jpeg = transport_stub.DetectFaces(pb.DetectFacesRequest(encoded=data), timeout=30)
     rgb = rgb_of("zidane.jpg")

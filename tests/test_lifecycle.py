@@ -7,7 +7,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,13 @@ def test_health_goes_not_serving_then_serving(start_server: ServerFactory, tmp_p
                 if response.status == NOT_SERVING and not early_calls:
                     # While loading, detection must be refused as UNAVAILABLE (or, if the model
                     # finished loading in the meantime, succeed).
-                    for call in (
+                    calls: list[Callable[[], object]] = [
                         lambda: stub.DetectFaces(
                             pb.DetectFacesRequest(encoded=image_bytes("zidane.jpg")), timeout=30
                         ),
                         lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30),
-                    ):
+                    ]
+                    for call in calls:
                         try:
                             call()
                             early_calls.append((grpc.StatusCode.OK, ""))

@@ -3,6 +3,8 @@ the client's pixels, clamp, min_face_size, max_faces)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from facedet_server import faces as faces_module
@@ -83,12 +85,12 @@ def test_disjoint_boxes_all_kept_highest_first() -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_threshold_boundary_equal_is_kept_greater_is_dropped(dtype: type) -> None:
     # IoU exactly 0.5 (intersection 1, union 2) and exactly 0.25, both representable exactly.
-    boxes = np.array([[0, 0, 2, 1], [0, 0, 1, 1], [0, 0, 4, 1]], dtype)
-    scores = np.array([0.9, 0.8, 0.1], dtype)
+    boxes: np.ndarray = np.array([[0, 0, 2, 1], [0, 0, 1, 1], [0, 0, 4, 1]], dtype)
+    scores: np.ndarray = np.array([0.9, 0.8, 0.1], dtype)
     assert box_iou(boxes[0], boxes[1:]).tolist() == [0.5, 0.5]
     assert as_list(nms(boxes[:2], scores[:2], 0.5)) == [0, 1]  # equal: kept
     assert as_list(nms(boxes[:2], scores[:2], 0.4999)) == [0]  # greater: dropped
-    pair = np.array([[0, 0, 4, 1], [0, 0, 1, 1]], dtype)
+    pair: np.ndarray = np.array([[0, 0, 4, 1], [0, 0, 1, 1]], dtype)
     assert as_list(nms(pair, scores[:2], 0.25)) == [0, 1]
     assert as_list(nms(pair, scores[:2], 0.2499)) == [0]
 
@@ -155,7 +157,7 @@ IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
 
 
 def candidate(
-    box: tuple[float, float, float, float], score: float, landmarks: list[float] | None = None
+    box: tuple[float, float, float, float], score: float, landmarks: Sequence[float] | None = None
 ) -> list[float]:
     x0, y0, x1, y1 = box
     if landmarks is None:

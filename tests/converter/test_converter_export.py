@@ -19,7 +19,7 @@ import onnxruntime as ort  # noqa: E402
 from converter_testdata import TINY_LAYERS  # noqa: E402
 from converter_upstream_format import write_checkpoint  # noqa: E402
 from facedet_converter import __version__  # noqa: E402
-from facedet_converter.cache import exported_model, exported_path, is_current  # noqa: E402
+from facedet_converter.cache import exported_model, is_current  # noqa: E402
 from facedet_converter.configs import ModelConfig  # noqa: E402
 from facedet_converter.export import INPUT_NAME, OUTPUT_NAME, check_onnx, read_spec  # noqa: E402
 from facedet_converter.loading import load_weights  # noqa: E402
@@ -31,6 +31,7 @@ from facedet_server.model_spec import (  # noqa: E402
     ModelSpec,
     resolve_spec,
 )
+from facedet_server.modelfiles import exported_path  # noqa: E402
 
 
 def test_export_is_valid_onnx_with_dynamic_axes(exported: Path) -> None:
