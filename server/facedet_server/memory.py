@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import threading
+from collections.abc import Callable
 from functools import cache
 
 import structlog
@@ -20,7 +21,7 @@ log = structlog.get_logger("facedet.memory")
 
 
 @cache
-def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     try:
         return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
