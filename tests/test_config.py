@@ -119,6 +119,7 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
         (["--iou-threshold", "-0.1"], "iou_threshold must be in (0, 1]"),
         (["--max-delay-ms", "-1"], "max_delay_ms must be a number >= 0"),
         (["--engine-threads", "-1"], "engine_threads must be >= 0 (0 = automatic)"),
+        (["--engine-max-batch", "-2"], "engine_max_batch must be >= 0 (0 = automatic)"),
         (["--engine-wait", "-5"], "engine_wait must be a number >= 0"),
         (["--engine-timeout", "0"], "engine_timeout must be a number > 0"),
         (["--role", "engine"], "--role engine needs --engine-socket"),

@@ -124,6 +124,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--batch-workers); a front end's --batch-workers is then its batches in flight to the engine",
         int,
     ),
+    Setting(
+        "engine_max_batch",
+        0,
+        "engine process: most images in one merged batch across front ends (0 = --max-batch); "
+        "larger than --max-batch lets the engine merge several front ends' batches into one",
+        int,
+    ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
     Setting(
         "engine_wait",
@@ -194,6 +201,7 @@ class ServerConfig:
     engine_process: str = "auto"
     role: str = "server"
     engine_threads: int = 0
+    engine_max_batch: int = 0
     engine_socket: str = ""
     engine_wait: float = 900.0
     engine_timeout: float = 120.0
@@ -279,7 +287,13 @@ def validate(config: ServerConfig) -> None:
         value = getattr(config, name)
         if math.isnan(value) or value < 0:
             problems.append(f"{name} must be a number >= 0")
-    for name in ("decode_threads", "intra_op_threads", "inter_op_threads", "engine_threads"):
+    for name in (
+        "decode_threads",
+        "intra_op_threads",
+        "inter_op_threads",
+        "engine_threads",
+        "engine_max_batch",
+    ):
         if getattr(config, name) < 0:
             problems.append(f"{name} must be >= 0 (0 = automatic)")
     for setting in SETTINGS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -29,9 +30,9 @@ def run_engine(config: ServerConfig) -> None:
     ensure_free(Path(config.engine_socket))
     model_path = resolve_model(config.model)
     threads = config.engine_threads or config.batch_workers
-    engine = EngineServer(
-        build_pipeline(config, model_path), Path(config.engine_socket), threads, config.max_batch
-    )
+    max_batch = config.engine_max_batch or config.max_batch
+    pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path)
+    engine = EngineServer(pipeline, Path(config.engine_socket), threads, max_batch)
     engine.start()
     log.info(
         "engine_serving",
@@ -39,7 +40,7 @@ def run_engine(config: ServerConfig) -> None:
         model=str(model_path),
         backend=engine.info.backend,
         threads=threads,
-        max_batch=config.max_batch,
+        max_batch=max_batch,
         seconds=round(time.perf_counter() - started, 2),
     )
     if config.memory_trim_interval > 0:

@@ -44,7 +44,7 @@ def _median_ms(step: Callable[[], Any], iters: int) -> float:
     return statistics.median(times)
 
 
-def _threaded_rate(step: Callable[[], int], threads: int, seconds: float, setup: Callable[[], None]) -> float:
+def threaded_rate(step: Callable[[], int], threads: int, seconds: float, setup: Callable[[], None]) -> float:
     """Items per second with `threads` threads each calling `step` (which returns its count)
     on its own CUDA stream, after each ran `setup` (graphs are per thread)."""
     done = [0] * threads
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         ("whole batch", batch_count, lambda: backend.warm_up([(w, h)])),
     ):
         for threads in (1, 2, 3):
-            rate = _threaded_rate(step, threads, args.seconds, setup)
+            rate = threaded_rate(step, threads, args.seconds, setup)
             rows.append({"stage": f"{label}, {threads} thread(s)", "batch": n, "img_per_s": round(rate, 1)})
             print(f"{label}, {threads} thread(s): {rate:9.1f} img/s", flush=True)
     device = torch.cuda.get_device_name(backend.torch_device)
