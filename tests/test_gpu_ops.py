@@ -15,7 +15,6 @@ from facedet_server.faces import select_faces  # noqa: E402
 from facedet_server.gpu.ops import (  # noqa: E402
     area_resize,
     batched_nms,
-    box_shrink,
     letterbox_into,
     select_faces_batch,
 )
@@ -32,17 +31,6 @@ def test_area_resize_matches_cv2_inter_area(h: int, w: int, nh: int, nw: int) ->
     ref = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32)
     got = area_resize(torch.from_numpy(img).permute(2, 0, 1), nh, nw).permute(1, 2, 0).numpy()
     assert np.abs(got - ref).max() <= 0.5 + 1e-3  # cv2 rounds to uint8; we stay in float
-
-
-@pytest.mark.parametrize(("h", "w", "k"), [(720, 1280, 2), (1080, 1920, 3), (8, 12, 4)])
-def test_box_shrink_equals_rounded_average_pooling(h: int, w: int, k: int) -> None:
-    import torch.nn.functional as F
-
-    hwc = torch.from_numpy(np.random.default_rng(k).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
-    images = hwc.permute(0, 3, 1, 2)  # not contiguous, as a frame decoded on the CPU arrives
-    reference = F.avg_pool2d(images.float(), k, k).round()
-    assert torch.equal(box_shrink(images, k, k), reference)
-    assert torch.equal(box_shrink(images.contiguous(), k, k), reference)
 
 
 @pytest.mark.parametrize(

@@ -50,17 +50,6 @@ def _area_matrix(old: int, new: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(_area_weights(old, new)).to(device)
 
 
-def box_shrink(images: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
-    """(N, C, h, w) uint8 -> (N, C, h/kh, w/kw) float32 box averages rounded to whole levels,
-    the same numbers as `avg_pool2d(images.float(), (kh, kw)).round()`. Summing the uint8
-    pixels straight into float32 reads each pixel once; converting the whole frames to float
-    first wrote and read four times the bytes of a batch of 720p frames (the letterbox's
-    largest cost on the GPU)."""
-    n, c, h, w = images.shape
-    blocks = images.reshape(n, c, h // kh, kh, w // kw, kw)
-    return blocks.sum(dim=(3, 5), dtype=torch.float32).div_(kh * kw).round_()
-
-
 def letterbox_into(
     image: torch.Tensor,
     out: torch.Tensor,
@@ -102,7 +91,10 @@ def letterbox_batch(
         elif new_w < w and h % new_h == 0 and w % new_w == 0:
             # Whole-number shrink factors (720p, 1080p and 4K frames to 640x360): INTER_AREA is
             # then a plain box average, one cheap pooling kernel instead of two matrix products.
-            resized = box_shrink(stacked, h // new_h, w // new_w)
+            # (Summing uint8 blocks straight to float32 instead measured slower on the H200:
+            # torch's generic reduction is poor at a 2x2 window; run Y, docs/benchmarks.md.)
+            kernel = (h // new_h, w // new_w)
+            resized = F.avg_pool2d(stacked.float(), kernel, kernel).round_()
         elif new_w < w:
             resized = area_resize(stacked, new_h, new_w).clamp_(0, 255).round_()
         else:
