@@ -701,6 +701,49 @@ def test_front_end_waiting_for_its_engine_stops_on_sigterm(start_server: ServerF
 # --- settings --------------------------------------------------------------------------------
 
 
+def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_engine_with_a_decode_thread_answers_like_a_plain_server(
+    start_server: ServerFactory, plain_server: Server
+) -> None:
+    """The torch pipeline (GpuDetector, here on the CPU build of torch) stages its batches: the
+    engine decodes each on one thread and finishes it on another. Frames of a stream, several
+    in flight, must come back in order with the plain server's faces."""
+    server = start_supervised(
+        start_server,
+        *("--processes", "2", "--backend", "torch", "--device", "cpu", "--compile", "off"),
+        *("--max-batch", "4", "--batch-workers", "2", "--summary-interval", "1"),
+    )
+    (serving,) = events(server, "engine_serving")
+    assert serving["backend"] == "torch" and serving["decode_thread"] is True, serving
+    # Photos whose faces are all well above the threshold: 1.jpg's 22 include one the two
+    # runtimes put on either side of 0.5.
+    photos = ["zidane.jpg", "sample.jpg", "bus.jpg"]
+    names = [photos[i % len(photos)] for i in range(12)]
+    requests = [detect_request(image_bytes(name), frame_id=i) for i, name in enumerate(names)]
+    with plain_server.stub() as stub:
+        want = {name: stub.DetectFaces(detect_request(image_bytes(name)), timeout=30) for name in photos}
+    with server.stub() as stub:
+        got = list(stub.StreamDetectFaces(iter(requests), timeout=120))
+    assert [r.frame_id for r in got] == list(range(12))
+    for response, name in zip(got, names, strict=True):
+        assert not response.HasField("error"), response.error
+        rows, expected = face_rows(response), face_rows(want[name])
+        assert len(rows) == len(expected) > 0, (name, rows, expected)
+        for row in expected:  # float32 torch against ONNX Runtime: the same faces, not the same bits
+            assert max(_box_iou(row, other) for other in rows) >= 0.9, (name, row, rows)
+    wait_for(
+        lambda: any(r.get("images", 0) > 0 for r in events(server, "engine_summary")),
+        10,
+        "an engine_summary that counts the frames",
+    )
+
+
 def test_front_end_needs_an_engine_socket() -> None:
     listen = f"127.0.0.1:{free_port()}"
     result = run_cli("serve", "--role", "frontend", "--listen", listen, timeout=60)

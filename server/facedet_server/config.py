@@ -131,6 +131,14 @@ SETTINGS: tuple[Setting, ...] = (
         "larger than --max-batch lets the engine merge several front ends' batches into one",
         int,
     ),
+    Setting(
+        "engine_decode_thread",
+        True,
+        "engine process with GPU decode: one thread decodes every batch (nvJPEG) while the "
+        "inference threads run letterbox, model and NMS, so the process's one nvJPEG decoder "
+        "does not wait for a free inference thread; off: each inference thread decodes its own",
+        _bool,
+    ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
     Setting(
         "engine_wait",
@@ -202,6 +210,7 @@ class ServerConfig:
     role: str = "server"
     engine_threads: int = 0
     engine_max_batch: int = 0
+    engine_decode_thread: bool = True
     engine_socket: str = ""
     engine_wait: float = 900.0
     engine_timeout: float = 120.0

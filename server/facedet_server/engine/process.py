@@ -32,7 +32,9 @@ def run_engine(config: ServerConfig) -> None:
     threads = config.engine_threads or config.batch_workers
     max_batch = config.engine_max_batch or config.max_batch
     pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path)
-    engine = EngineServer(pipeline, Path(config.engine_socket), threads, max_batch)
+    engine = EngineServer(
+        pipeline, Path(config.engine_socket), threads, max_batch, config.engine_decode_thread
+    )
     engine.start()
     log.info(
         "engine_serving",
@@ -40,6 +42,7 @@ def run_engine(config: ServerConfig) -> None:
         model=str(model_path),
         backend=engine.info.backend,
         threads=threads,
+        decode_thread=engine.staged is not None,
         max_batch=max_batch,
         seconds=round(time.perf_counter() - started, 2),
     )
