@@ -120,6 +120,7 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
         (["--max-delay-ms", "-1"], "max_delay_ms must be a number >= 0"),
         (["--engine-threads", "-1"], "engine_threads must be >= 0 (0 = automatic)"),
         (["--engine-max-batch", "-2"], "engine_max_batch must be >= 0 (0 = automatic)"),
+        (["--gil-switch-ms", "0"], "gil_switch_ms must be in (0, 1000]"),
         (["--engine-wait", "-5"], "engine_wait must be a number >= 0"),
         (["--engine-timeout", "0"], "engine_timeout must be a number > 0"),
         (["--role", "engine"], "--role engine needs --engine-socket"),

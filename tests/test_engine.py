@@ -416,17 +416,8 @@ def plain_server(module_server_factory: ServerFactory) -> Server:
 
 @pytest.fixture(scope="module")
 def engine_server(module_server_factory: ServerFactory) -> Server:
-    flags = (
-        "--processes",
-        "2",
-        "--engine-process",
-        "on",
-        "--engine-max-batch",
-        "4",
-        "--summary-interval",
-        "1",
-        *LIGHT,
-    )
+    flags = ["--processes", "2", "--engine-process", "on", "--engine-max-batch", "4", "--gil-switch-ms", "2"]
+    flags += ["--summary-interval", "1", *LIGHT]
     server = module_server_factory(*flags, unix=False, name="split")
     wait_for(
         lambda: len([r for r in events(server, "serving") if r.get("role") == "frontend"]) == 2,
@@ -500,6 +491,9 @@ def test_one_engine_and_logs_say_who_wrote_them(engine_server: Server) -> None:
     (serving,) = events(engine_server, "engine_serving")
     assert serving["role"] == "engine" and serving["backend"] == "onnxruntime"
     assert serving["max_batch"] == 4  # --engine-max-batch, apart from the front ends' --max-batch
+    assert serving["switch_interval_s"] == pytest.approx(0.002)  # --gil-switch-ms, in every process
+    listening = [r for r in records if r["event"] == "listening"]
+    assert len(listening) == 2 and all(r["switch_interval_s"] == pytest.approx(0.002) for r in listening)
     connected = events(engine_server, "engine_connected")
     assert len(connected) == 2 and len({r["engine_pid"] for r in connected}) == 1, connected
     front = [r for r in records if r.get("role") == "frontend"]

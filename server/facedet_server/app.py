@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -203,7 +204,13 @@ async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
         if port == 0 and not address.startswith("unix:"):
             raise StartupError(f"cannot listen on {address}")
     await server.start()
-    log.info("listening", addresses=config.listen, version=__version__, config=config.__dict__)
+    log.info(
+        "listening",
+        addresses=config.listen,
+        version=__version__,
+        config=config.__dict__,
+        switch_interval_s=sys.getswitchinterval(),
+    )
 
 
 async def _shut_down(

@@ -139,6 +139,14 @@ SETTINGS: tuple[Setting, ...] = (
         "does not wait for a free inference thread; off: each inference thread decodes its own",
         _bool,
     ),
+    Setting(
+        "gil_switch_ms",
+        5.0,
+        "milliseconds a Python thread may keep the interpreter lock while another waits for it "
+        "(sys.setswitchinterval; 5 is Python's default), in every process: lower hands a batch "
+        "between threads sooner (the engine's decode and inference threads, the socket readers)",
+        float,
+    ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
     Setting(
         "engine_wait",
@@ -211,6 +219,7 @@ class ServerConfig:
     engine_threads: int = 0
     engine_max_batch: int = 0
     engine_decode_thread: bool = True
+    gil_switch_ms: float = 5.0
     engine_socket: str = ""
     engine_wait: float = 900.0
     engine_timeout: float = 120.0
@@ -310,6 +319,8 @@ def validate(config: ServerConfig) -> None:
             problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
         problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
+    if not 0 < config.gil_switch_ms <= 1000:  # also false for NaN
+        problems.append("gil_switch_ms must be in (0, 1000]")
     if not config.engine_timeout > 0:  # also false for NaN
         problems.append("engine_timeout must be a number > 0")
     if config.role != "server" and not config.engine_socket:

@@ -5,6 +5,7 @@ finishes the batches it holds and exits."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -43,6 +44,7 @@ def run_engine(config: ServerConfig) -> None:
         backend=engine.info.backend,
         threads=threads,
         decode_thread=engine.staged is not None,
+        switch_interval_s=sys.getswitchinterval(),
         max_batch=max_batch,
         seconds=round(time.perf_counter() - started, 2),
     )
