@@ -702,19 +702,19 @@ def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_engine_with_a_decode_thread_answers_like_a_plain_server(
+def test_engine_with_the_torch_pipeline_answers_like_a_plain_server(
     start_server: ServerFactory, plain_server: Server
 ) -> None:
-    """The torch pipeline (GpuDetector, here on the CPU build of torch) stages its batches: the
-    engine decodes each on one thread and finishes it on another. Frames of a stream, several
-    in flight, must come back in order with the plain server's faces."""
+    """The GPU pipeline (GpuDetector with our PyTorch model, here on the CPU build of torch)
+    behind the engine, as --backend torch runs it on a GPU: frames of a stream, several in
+    flight, must come back in order with the plain server's faces."""
     server = start_supervised(
         start_server,
         *("--processes", "2", "--backend", "torch", "--device", "cpu", "--compile", "off"),
         *("--max-batch", "4", "--batch-workers", "2", "--summary-interval", "1"),
     )
     (serving,) = events(server, "engine_serving")
-    assert serving["backend"] == "torch" and serving["decode_thread"] is True, serving
+    assert serving["backend"] == "torch", serving
     # Photos whose faces are all well above the threshold: 1.jpg's 22 include one the two
     # runtimes put on either side of 0.5.
     photos = ["zidane.jpg", "sample.jpg", "bus.jpg"]

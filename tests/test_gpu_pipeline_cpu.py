@@ -5,7 +5,6 @@ The real GPU runs are tests/gpu; these catch logic errors on every machine."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import Detector, EncodedImage, Limits, RawFrame  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
 from facedet_server.gpu.detector import GpuDetector  # noqa: E402
-from facedet_server.gpu.prepare import GpuPrepared, GpuPreparer  # noqa: E402
+from facedet_server.gpu.prepare import GpuPreparer  # noqa: E402
 from facedet_server.options import Options  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes, require  # noqa: E402
 
@@ -102,33 +101,3 @@ def test_gpu_decode_choices_are_checked_and_on_says_why_it_cannot() -> None:
     assert make_jpeg_decoder("auto", torch.device("cuda")) is None
     with pytest.raises(RuntimeError, match="nvJPEG cannot run here: no CUDA device"):
         make_jpeg_decoder("on", torch.device("cuda"))
-
-
-def test_stage_and_finish_on_another_thread_equal_infer_batch(backend: TorchCudaBackend) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    detector = GpuDetector(backend)
-    names = ["zidane.jpg", "bus.jpg", "zidane.jpg"]
-
-    def items() -> list[GpuPrepared]:
-        return [detector.prepare(EncodedImage(image_bytes(n)), Options()) for n in names]
-
-    whole = detector.infer_batch(items())
-    staged = detector.stage(items())
-    with ThreadPoolExecutor(1) as pool:
-        split = pool.submit(detector.finish, staged).result()
-    assert len(split) == len(whole) == len(names)
-    for a, b in zip(split, whole, strict=True):
-        assert not isinstance(a, Exception) and not isinstance(b, Exception)
-        assert len(a.faces) > 0
-        np.testing.assert_array_equal(a.faces, b.faces)
-
-
-def test_the_engine_stages_only_pipelines_that_split(backend: TorchCudaBackend, tmp_path: Path) -> None:
-    from facedet_server.engine.server import EngineServer
-
-    gpu = GpuDetector(backend)
-    assert EngineServer(gpu, tmp_path / "e.sock", 2, 4).staged is gpu
-    assert EngineServer(gpu, tmp_path / "e.sock", 2, 4, decode_thread=False).staged is None
-    host = Detector(OnnxRuntimeBackend(require(MODEL, "model file")))
-    assert EngineServer(host, tmp_path / "e.sock", 2, 4).staged is None

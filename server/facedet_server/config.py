@@ -132,19 +132,11 @@ SETTINGS: tuple[Setting, ...] = (
         int,
     ),
     Setting(
-        "engine_decode_thread",
-        True,
-        "engine process with GPU decode: one thread decodes every batch (nvJPEG) while the "
-        "inference threads run letterbox, model and NMS, so the process's one nvJPEG decoder "
-        "does not wait for a free inference thread; off: each inference thread decodes its own",
-        _bool,
-    ),
-    Setting(
         "gil_switch_ms",
-        5.0,
+        1.0,
         "milliseconds a Python thread may keep the interpreter lock while another waits for it "
-        "(sys.setswitchinterval; 5 is Python's default), in every process: lower hands a batch "
-        "between threads sooner (the engine's decode and inference threads, the socket readers)",
+        "(sys.setswitchinterval; Python's default is 5), in every process: lower hands work "
+        "between threads sooner (gRPC, batcher, inference threads, the engine's socket readers)",
         float,
     ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
@@ -218,8 +210,7 @@ class ServerConfig:
     role: str = "server"
     engine_threads: int = 0
     engine_max_batch: int = 0
-    engine_decode_thread: bool = True
-    gil_switch_ms: float = 5.0
+    gil_switch_ms: float = 1.0
     engine_socket: str = ""
     engine_wait: float = 900.0
     engine_timeout: float = 120.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -154,17 +154,6 @@ class Pipeline(Protocol):
     def detect(self, image: ImageInput, options: Options | None = None) -> Detection: ...
 
     def warm_up(self) -> None: ...
-
-
-@runtime_checkable
-class StagedPipeline(Pipeline, Protocol):
-    """A pipeline whose `infer_batch` splits in two halves that may run on different threads:
-    `stage` (decode onto the device) and `finish` (the rest). `GpuDetector` is one; the engine
-    process runs `stage` on a thread of its own."""
-
-    def stage(self, items: Sequence[Any]) -> Any: ...
-
-    def finish(self, staged: Any) -> Sequence[Detection | DetectError]: ...
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,7 @@ def run_engine(config: ServerConfig) -> None:
     threads = config.engine_threads or config.batch_workers
     max_batch = config.engine_max_batch or config.max_batch
     pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path)
-    engine = EngineServer(
-        pipeline, Path(config.engine_socket), threads, max_batch, config.engine_decode_thread
-    )
+    engine = EngineServer(pipeline, Path(config.engine_socket), threads, max_batch)
     engine.start()
     log.info(
         "engine_serving",
@@ -43,7 +41,6 @@ def run_engine(config: ServerConfig) -> None:
         model=str(model_path),
         backend=engine.info.backend,
         threads=threads,
-        decode_thread=engine.staged is not None,
         switch_interval_s=sys.getswitchinterval(),
         max_batch=max_batch,
         seconds=round(time.perf_counter() - started, 2),

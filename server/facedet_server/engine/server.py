@@ -1,35 +1,27 @@
 """The engine process's side: owns the pipeline (model, GPU decode, NMS), listens on a unix
 socket, and runs batches from every connected front end on its inference threads.
 
-Each batch takes what is queued, up to `max_batch` images, from any number of front ends at
-once: front ends batch within themselves (their own `Batcher`), the engine merges those batches
-into the large ones a GPU needs. One process means one CUDA context: nothing is time-sliced
-between processes.
-
-With a pipeline that stages (`GpuDetector`: decode, then the rest) and `decode_thread` on, one
-thread takes the batches and decodes them, and the inference threads finish them. torchvision's
-nvJPEG decoder is one per process, behind a lock, and waits for the GPU's JPEG engines before
-it returns: when each inference thread decoded its own batch, the decoder sat idle whenever
-every thread was busy with the model or NMS (the GPU was 60% busy at three threads, run Y).
+Each inference thread takes what is queued, up to `max_batch` images, from any number of front
+ends at once: front ends batch within themselves (their own `Batcher`), the engine merges those
+batches into the large ones a GPU needs. One process means one CUDA context: nothing is
+time-sliced between processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from facedet_server.detector import Pipeline, StagedPipeline
+from facedet_server.detector import Pipeline
 from facedet_server.engine.protocol import BatchDone, BatchFailed, EngineInfo, Hello, RunBatch
 from facedet_server.engine.wire import ConnectionClosed, recv_message, send_message
 
@@ -110,24 +102,11 @@ class EngineStats:
 
 
 class EngineServer:
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        socket_path: Path,
-        workers: int,
-        max_batch: int,
-        decode_thread: bool = True,
-    ) -> None:
+    def __init__(self, pipeline: Pipeline, socket_path: Path, workers: int, max_batch: int) -> None:
         self.pipeline = pipeline
         self.socket_path = socket_path
         self.workers = workers
         self.max_batch = max_batch
-        self.staged: StagedPipeline | None = (
-            pipeline if decode_thread and isinstance(pipeline, StagedPipeline) else None
-        )
-        # Decoded batches waiting for an inference thread: one each keeps them all busy, and
-        # bounds the GPU memory that decoded frames hold.
-        self._decoded: queue.Queue[tuple[list[_Job], Any] | None] = queue.Queue(maxsize=workers)
         backend = pipeline.backend
         self.info = EngineInfo(
             preparer=pipeline.preparer,
@@ -158,12 +137,7 @@ class EngineServer:
         warm.wait()
         if self._warm_up_errors:
             self._jobs.close()
-            self._stop_inference_threads()
             raise self._warm_up_errors[0]
-        if self.staged is not None:
-            decode = threading.Thread(target=self._decode, name="engine-decode", daemon=True)
-            decode.start()
-            self._threads.insert(0, decode)  # joined first: it ends the inference threads
         self._listener = listen(self.socket_path)
         accept = threading.Thread(
             target=self._accept, args=(self._listener,), name="engine-accept", daemon=True
@@ -213,49 +187,29 @@ class EngineServer:
             return
         finally:
             warm.wait()
-        if self.staged is not None:
-            while (entry := self._decoded.get()) is not None:
-                decoded_jobs, batch = entry
-                self._run(decoded_jobs, self.staged.finish, batch)
-        else:
-            while (jobs := self._jobs.take(self.max_batch)) is not None:
-                self._run(jobs, self.pipeline.infer_batch, _items_of(jobs))
-
-    def _decode(self) -> None:
-        """The staging thread: every batch's decode, one after another, on its own stream."""
-        assert self.staged is not None
         while (jobs := self._jobs.take(self.max_batch)) is not None:
-            items = _items_of(jobs)
-            try:
-                batch = self.staged.stage(items)
-            except Exception as exc:
-                self._fail(jobs, exc)
-                continue
-            self._decoded.put((jobs, batch))
-        self._stop_inference_threads()
+            self._run(jobs)
 
-    def _stop_inference_threads(self) -> None:
-        if self.staged is not None:
-            for _ in range(self.workers):
-                self._decoded.put(None)
-
-    def _fail(self, jobs: list[_Job], exc: Exception) -> None:
-        log.exception("engine_batch_failed", images=sum(len(job.items) for job in jobs))
+    def _run(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        items = []
         for job in jobs:
-            job.connection.send(BatchFailed(f"{type(exc).__name__}: {exc}"))
-
-    def _run(self, jobs: list[_Job], run: Callable[[Any], Sequence[Any]], batch: Any) -> None:
-        count = sum(len(job.items) for job in jobs)
+            waited_us = int((started - job.received) * 1e6)
+            for item in job.items:
+                item.timing.queue_us += waited_us  # front-end queue + engine queue
+                items.append(item)
         try:
-            results = list(run(batch))
-            if len(results) != count:
-                raise RuntimeError(f"batch of {count} produced {len(results)} results")
+            results = list(self.pipeline.infer_batch(items))
+            if len(results) != len(items):
+                raise RuntimeError(f"batch of {len(items)} produced {len(results)} results")
         except Exception as exc:
-            self._fail(jobs, exc)
+            log.exception("engine_batch_failed", images=len(items))
+            for job in jobs:
+                job.connection.send(BatchFailed(f"{type(exc).__name__}: {exc}"))
             return
         with self._lock:
             self._stats.batches += 1
-            self._stats.images += count
+            self._stats.images += len(items)
             self._stats.jobs += len(jobs)
         first = 0
         for job in jobs:
@@ -293,18 +247,6 @@ class EngineServer:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
         self.pipeline.backend.close()
-
-
-def _items_of(jobs: list[_Job]) -> list[Any]:
-    """The images of the front ends' batches merged into one, each charged its wait here."""
-    started = time.perf_counter()
-    items = []
-    for job in jobs:
-        waited_us = int((started - job.received) * 1e6)
-        for item in job.items:
-            item.timing.queue_us += waited_us  # front-end queue + engine queue
-            items.append(item)
-    return items
 
 
 def ensure_free(path: Path) -> None:

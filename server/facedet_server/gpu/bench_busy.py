@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import re
 import sys
 import tempfile
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,52 +74,6 @@ def gpu_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES]
 
 
-def staged_rate(
-    detector: GpuDetector,
-    batch: Callable[[], list[Any]],
-    threads: int,
-    seconds: float,
-    setup: Callable[[], None],
-) -> float:
-    """Images per second with one thread staging (decoding) batches and `threads` threads
-    finishing them, the engine's `--engine-decode-thread` layout."""
-    decoded: queue.Queue[Any] = queue.Queue(maxsize=threads)
-    done = [0] * threads
-    ready = threading.Barrier(threads + 2)
-    stop_at = [0.0]
-
-    def stage() -> None:
-        with torch.inference_mode():
-            ready.wait()
-            ready.wait()
-            while time.perf_counter() < stop_at[0]:
-                decoded.put(detector.stage(batch()))
-            for _ in range(threads):
-                decoded.put(None)
-
-    def finish(slot: int) -> None:
-        with torch.inference_mode():
-            setup()
-            ready.wait()
-            ready.wait()
-            while (staged := decoded.get()) is not None:
-                done[slot] += len(detector.finish(staged))
-            torch.cuda.synchronize()
-
-    workers = [threading.Thread(target=stage)] + [
-        threading.Thread(target=finish, args=(i,)) for i in range(threads)
-    ]
-    for w in workers:
-        w.start()
-    ready.wait()
-    start = time.perf_counter()
-    stop_at[0] = start + seconds
-    ready.wait()
-    for w in workers:
-        w.join()
-    return sum(done) / (time.perf_counter() - start)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
@@ -132,11 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--compile-mode", choices=("off", "default", "max-autotune"), default="default")
-    parser.add_argument(
-        "--modes",
-        default="threads,staged",
-        help="threads: each thread runs whole batches; staged: one thread decodes, the others finish",
-    )
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -149,25 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     first = detector.prepare(image, Options())
     shape = detector.target_for(first.width, first.height)
     rows: list[dict[str, Any]] = []
-    for n, mode in [(n, mode) for n in batches for mode in args.modes.split(",")]:
+    for n in batches:
 
-        def batch(n: int = n) -> list[Any]:
-            return [detector.prepare(image, Options()) for _ in range(n)]
-
-        def step(batch: Callable[[], list[Any]] = batch) -> int:
-            return len(detector.infer_batch(batch()))
+        def step(n: int = n) -> int:
+            detector.infer_batch([detector.prepare(image, Options()) for _ in range(n)])
+            return n
 
         def setup() -> None:
             backend.warm_up([shape])
 
-        def measure(mode: str = mode, batch: Callable[[], list[Any]] = batch) -> float:
-            if mode == "staged":
-                return staged_rate(detector, batch, args.threads, args.seconds, setup)
-            return threaded_rate(step, args.threads, args.seconds, setup)
-
-        rate = measure()
+        rate = threaded_rate(step, args.threads, args.seconds, setup)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            profiled_rate = measure()
+            profiled_rate = threaded_rate(step, args.threads, args.seconds, setup)
         with tempfile.TemporaryDirectory() as tmp:
             trace_path = Path(tmp) / "trace.json"
             prof.export_chrome_trace(str(trace_path))
@@ -184,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         images = profiled_rate * span / 1e6
         per_image = 1.0 / max(images, 1e-9)
         print(
-            f"batch {n}, {mode}, {args.threads} threads: {rate:9.1f} img/s ({profiled_rate:.1f} under the "
+            f"batch {n}, {args.threads} threads: {rate:9.1f} img/s ({profiled_rate:.1f} under the "
             f"profiler); GPU busy {100 * busy / max(span, 1e-9):.1f}% of {span / 1e3:.0f} ms; GPU "
             f"time per image {busy * per_image:.1f} us busy, {total * per_image:.1f} us summed",
             flush=True,
@@ -195,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "batch": n,
-                "mode": mode,
                 "threads": args.threads,
                 "img_per_s": round(rate, 1),
                 "img_per_s_profiled": round(profiled_rate, 1),

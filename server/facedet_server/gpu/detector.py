@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,18 +27,7 @@ from facedet_server.gpu.ops import letterbox_batch, select_faces_batch
 from facedet_server.gpu.prepare import GpuPrepared, GpuPreparer
 from facedet_server.options import Options
 
-__all__ = ["GpuDetector", "GpuPrepared", "StagedBatch"]
-
-
-@dataclass
-class StagedBatch:
-    """A batch between `GpuDetector.stage` and `finish`: each image decoded on the GPU (or the
-    error that stopped it), and the event after which the staging stream's work is done."""
-
-    items: list[GpuPrepared]
-    images: list[torch.Tensor | DetectError]
-    ready: torch.cuda.Event | None
-    start: float
+__all__ = ["GpuDetector", "GpuPrepared"]
 
 
 class GpuDetector:
@@ -100,34 +88,11 @@ class GpuDetector:
                 out[i] = host.to(device, non_blocking=True).permute(2, 0, 1)
         return out
 
-    def stage(self, items: Sequence[GpuPrepared]) -> StagedBatch:
-        """The first half of `infer_batch`: the batch's images decoded onto the GPU (nvJPEG,
-        else libjpeg-turbo and a copy), on this thread's stream. The engine runs it on a thread
-        of its own, so the process's one nvJPEG decoder is never idle waiting for an inference
-        thread to come round to its next batch; `finish` may run on another thread."""
+    def infer_batch(self, items: Sequence[GpuPrepared]) -> list[Detection | DetectError]:
         stream = self.backend.stream()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             start = time.perf_counter()
             images = self._to_device(items)
-            ready = None
-            if stream is not None:
-                ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                ready.record(stream)
-        return StagedBatch(list(items), images, ready, start)
-
-    def finish(self, staged: StagedBatch) -> list[Detection | DetectError]:
-        """The second half: letterbox, model and NMS on this thread's stream, once the staging
-        stream's decode and copies are done."""
-        items, images = staged.items, staged.images
-        stream = self.backend.stream()
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            if staged.ready is not None and stream is not None:
-                stream.wait_event(staged.ready)
-                for image in images:
-                    if isinstance(image, torch.Tensor):
-                        # Made on the staging stream, used and freed on this one: the caching
-                        # allocator must not hand the memory back to the staging stream early.
-                        image.record_stream(stream)
             results: list[Detection | DetectError] = [
                 img if isinstance(img, DetectError) else InvalidImage("not run") for img in images
             ]
@@ -139,13 +104,10 @@ class GpuDetector:
                 for first in range(0, len(indices), self.backend.max_batch):
                     chunk = indices[first : first + self.backend.max_batch]
                     tensors = [img for i in chunk if isinstance(img := images[i], torch.Tensor)]
-                    detections = self._run_chunk([items[i] for i in chunk], tensors, w, h, staged.start)
+                    detections = self._run_chunk([items[i] for i in chunk], tensors, w, h, start)
                     for i, detection in zip(chunk, detections, strict=True):
                         results[i] = detection
         return results
-
-    def infer_batch(self, items: Sequence[GpuPrepared]) -> list[Detection | DetectError]:
-        return self.finish(self.stage(items))
 
     def _run_chunk(
         self, items: list[GpuPrepared], images: list[torch.Tensor], w: int, h: int, start: float
