@@ -1,9 +1,10 @@
 """JPEG decode on the GPU: torchvision's nvJPEG batch decode, made safe for mixed batches.
 
-torchvision keeps one nvJPEG decoder per process behind a lock (about 11,000 img/s of 1280x720
-on an H200 however many threads ask). Two alternatives were measured and dropped, as neither
-made whole batches faster (docs/benchmarks.md, fourth pass): nvImageCodec and nvJPEG's hardware
-backend, both on the GPU's JPEG engines."""
+torchvision keeps one nvJPEG decoder per process behind a lock, on nvJPEG's hardware backend
+(the JPEG engines) where the GPU has them, held until the batch is decoded: about 11,000 img/s
+of 1280x720 on an H200 however many threads ask. Two other ways to the same engines were
+measured and dropped, as neither made whole batches faster (docs/benchmarks.md, fourth and
+fifth passes): nvImageCodec and nvJPEG's hardware backend through ctypes."""
 
 from __future__ import annotations
 
