@@ -121,6 +121,8 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
         (["--engine-threads", "-1"], "engine_threads must be >= 0 (0 = automatic)"),
         (["--engine-max-batch", "-2"], "engine_max_batch must be >= 0 (0 = automatic)"),
         (["--gil-switch-ms", "0"], "gil_switch_ms must be in (0, 1000]"),
+        (["--engines", "0"], "engines must be >= 1"),
+        (["--processes", "2", "--engines", "3"], "--engines cannot exceed --processes"),
         (["--engine-wait", "-5"], "engine_wait must be a number >= 0"),
         (["--engine-timeout", "0"], "engine_timeout must be a number > 0"),
         (["--role", "engine"], "--role engine needs --engine-socket"),

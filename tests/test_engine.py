@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 import pytest
 from facedet.v1 import face_detector_pb2 as pb
+from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server import supervisor
 from facedet_server.config import ServerConfig
 from facedet_server.detector import Detection, EncodedImage, HostPreparer, Limits, Prepared, Timing
@@ -47,6 +48,7 @@ from facedet_test_support import (
     detect_request,
     free_port,
     image_bytes,
+    open_channels,
     run_cli,
     wait_for,
 )
@@ -524,6 +526,62 @@ def test_engine_stops_last(engine_server: Server) -> None:
     assert not [r for r in records if r["event"] in ("engine_exited", "engine_connection_dropped")]
 
 
+def test_two_engines_share_the_front_ends(start_server: ServerFactory, plain_server: Server) -> None:
+    """--engines 2: two engine processes, front end i on engine i mod 2; clients spread over the
+    front ends by the kernel get the plain server's faces whichever engine ran them, and the
+    death of either engine stops the whole set."""
+    server = start_supervised(start_server, "--processes", "2", "--engines", "2", "--summary-interval", "1")
+    assert server.proc is not None
+    children = child_pids(server.proc.pid)
+    try:
+        serving = events(server, "engine_serving")
+        assert sorted(r["process"] for r in serving) == ["engine-0", "engine-1"], serving
+        connected = events(server, "engine_connected")
+        assert len({r["engine_pid"] for r in connected}) == 2, connected  # one engine each
+        (announced,) = events(server, "engine_process")
+        assert [Path(p).name for p in announced["sockets"]] == ["engine-0.sock", "engine-1.sock"]
+        with plain_server.stub() as stub:
+            want = {name: stub.DetectFaces(detect_request(image_bytes(name)), timeout=30) for name in PHOTOS}
+        with open_channels(server.target, 8) as channels:
+            for k, channel in enumerate(channels):
+                name = PHOTOS[k % len(PHOTOS)]
+                got = pb_grpc.FaceDetectorStub(channel).DetectFaces(
+                    detect_request(image_bytes(name)), timeout=30
+                )
+                assert_same_faces(got, want[name], f"{name} on channel {k}")
+        wait_for(
+            lambda: (
+                {r["process"] for r in events(server, "engine_summary") if r.get("images", 0) > 0}
+                == {"engine-0", "engine-1"}
+            ),
+            15,
+            "both engines to run images (8 connections over 2 front ends)",
+        )
+        engine_pid = next(r["pid"] for r in events(server, "engine_serving") if r["process"] == "engine-1")
+        os.kill(engine_pid, signal.SIGKILL)
+        assert server.wait_exit(15) != 0, server.log_text()
+        assert not [pid for pid in children if pid_alive(pid)], "processes outlived the supervisor"
+    finally:
+        kill_leftovers(children)
+
+
+def test_engines_without_an_engine_process_is_refused() -> None:
+    result = run_cli(
+        "serve",
+        "--model",
+        str(MODEL),
+        "--processes",
+        "2",
+        "--engines",
+        "2",
+        "--engine-process",
+        "off",
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--engines 2 needs engine processes, and there are none: --engine-process off" in result.stderr
+
+
 def test_supervisor_exits_non_zero_when_the_engine_is_killed(start_server: ServerFactory) -> None:
     server = start_supervised(start_server, "--processes", "2")
     assert server.proc is not None
@@ -534,7 +592,7 @@ def test_supervisor_exits_non_zero_when_the_engine_is_killed(start_server: Serve
         with server.stub() as stub:
             assert len(stub.DetectFaces(detect_request(image_bytes("zidane.jpg")), timeout=30).faces) == 2
         (announced,) = events(server, "engine_process")
-        socket_dir = Path(announced["socket"]).parent
+        socket_dir = Path(announced["sockets"][0]).parent
         assert socket_dir.is_dir()
         os.kill(engine_pid, signal.SIGKILL)
         code = server.wait_exit(15)

@@ -110,6 +110,14 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("auto", "on", "off"),
     ),
     Setting(
+        "engines",
+        1,
+        "with an engine process: how many engine processes the front ends share (front end i "
+        "uses engine i mod N); each has its own model, JPEG decoder and interpreter, and its own "
+        "GPU memory",
+        int,
+    ),
+    Setting(
         "role",
         "server",
         "server: gRPC and the model in this process; engine: only the model, serving front ends "
@@ -207,6 +215,7 @@ class ServerConfig:
     memory_trim_interval: float = 10.0
     processes: int = 1
     engine_process: str = "auto"
+    engines: int = 1
     role: str = "server"
     engine_threads: int = 0
     engine_max_batch: int = 0
@@ -316,6 +325,10 @@ def validate(config: ServerConfig) -> None:
         problems.append("engine_timeout must be a number > 0")
     if config.role != "server" and not config.engine_socket:
         problems.append(f"--role {config.role} needs --engine-socket")
+    if config.engines < 1:
+        problems.append("engines must be >= 1")
+    elif config.engines > config.processes:
+        problems.append("--engines cannot exceed --processes (each engine needs a front end)")
     if config.role != "server" and config.processes > 1:
         problems.append("--processes applies to --role server (it starts the engine and front ends)")
     if not config.listen:

@@ -1,10 +1,10 @@
 """`facedet serve --processes N` (and `--engine-process on`): start the child processes, forward
 SIGTERM/SIGINT to them, and exit when they do.
 
-With an engine process the order matters: the engine starts first and stops last, so front
-ends draining their in-flight calls still have a model to run them on; if the engine dies, the
-front ends are stopped too and the exit status says so (an orchestrator then restarts the pod,
-rather than keeping front ends that can only answer UNAVAILABLE)."""
+With engine processes (`--engines`, one by default) the order matters: the engines start first
+and stop last, so front ends draining their in-flight calls still have a model to run them on;
+if an engine dies, the front ends are stopped too and the exit status says so (an orchestrator
+then restarts the pod, rather than keeping front ends that can only answer UNAVAILABLE)."""
 
 from __future__ import annotations
 
@@ -55,38 +55,50 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
     """`argv` is this command's own arguments; each child gets them plus its role's flags (the
     last occurrence of a flag wins)."""
     use_engine, reason = wants_engine(config)
-    base = [sys.executable, "-m", "facedet_server.cli", *argv, "--processes", "1"]
+    if config.engines > 1 and not use_engine:
+        print(
+            f"facedet serve: --engines {config.engines} needs engine processes, and there are none: {reason}",
+            file=sys.stderr,
+        )
+        return 2
+    base = [sys.executable, "-m", "facedet_server.cli", *argv, "--processes", "1", "--engines", "1"]
     socket_dir = Path(tempfile.mkdtemp(prefix="facedet-engine-")) if use_engine else None  # mode 0700
-    engine: subprocess.Popen[bytes] | None = None
+    engines: list[subprocess.Popen[bytes]] = []
     children: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: object) -> None:
-        for child in children:  # front ends first; the engine once they are gone
+        for child in children:  # front ends first; the engines once they are gone
             child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
-        front = ["--reuse-port", "true"] if config.processes > 1 else []
+        shared = ["--reuse-port", "true"] if config.processes > 1 else []
+        fronts = [list(shared) for _ in range(config.processes)]
         if socket_dir is not None:
-            path = str(socket_dir / "engine.sock")
-            log.info("engine_process", reason=reason, socket=path, front_ends=config.processes)
-            # Its own session: a Ctrl-C on the terminal reaches the front ends, not the engine
-            # they still need while they drain.
-            engine = _spawn([*base, "--role", "engine", "--engine-socket", path], "engine", new_session=True)
-            front += ["--role", "frontend", "--engine-socket", path]
+            names = [_engine_name(k, config.engines) for k in range(config.engines)]
+            paths = [str(socket_dir / f"{name}.sock") for name in names]
+            log.info("engine_process", reason=reason, sockets=paths, front_ends=config.processes)
+            for name, path in zip(names, paths, strict=True):
+                # Its own session: a Ctrl-C on the terminal reaches the front ends, not the
+                # engine they still need while they drain.
+                engine_argv = [*base, "--role", "engine", "--engine-socket", path]
+                engines.append(_spawn(engine_argv, name, new_session=True))
+            for i, front in enumerate(fronts):
+                front += ["--role", "frontend", "--engine-socket", paths[i % len(paths)]]
         else:
             log.info("processes", reason=reason, count=config.processes)
-        children.extend(_spawn([*base, *front], str(i)) for i in range(config.processes))
-        engine_code = _wait(children, engine)
+        children.extend(_spawn([*base, *front], str(i)) for i, front in enumerate(fronts))
+        engine_code = _wait(children, engines)
         codes = [child.wait() for child in children]
-        if engine is not None:
+        for engine in engines:
             if engine.poll() is None:
                 engine.send_signal(signal.SIGTERM)
+        for engine in engines:
             engine_code = engine_code or engine.wait()  # an engine that exited first failed
         return max([*codes, engine_code or 0], key=abs)
     finally:
-        for child in [*children, *([engine] if engine else [])]:
+        for child in [*children, *engines]:
             if child.poll() is None:
                 child.kill()
         if socket_dir is not None:
@@ -98,15 +110,21 @@ def _spawn(argv: list[str], index: str, new_session: bool = False) -> subprocess
     return subprocess.Popen(argv, env=env, start_new_session=new_session)
 
 
-def _wait(children: list[subprocess.Popen[bytes]], engine: subprocess.Popen[bytes] | None) -> int | None:
-    """Until every front end has exited; if the engine exits first, stop them and return its
-    status."""
+def _engine_name(k: int, count: int) -> str:
+    """The process label (and socket name) of engine k: "engine" when there is one."""
+    return "engine" if count == 1 else f"engine-{k}"
+
+
+def _wait(children: list[subprocess.Popen[bytes]], engines: list[subprocess.Popen[bytes]]) -> int | None:
+    """Until every front end has exited; if an engine exits first, stop the front ends (those
+    of the other engines too: the set is restarted as a whole) and return its status."""
     while any(child.poll() is None for child in children):
-        if engine is not None and engine.poll() is not None:
-            log.error("engine_exited", code=engine.returncode, action="stopping the front ends")
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            return engine.returncode or 1
+        for engine in engines:
+            if engine.poll() is not None:
+                log.error("engine_exited", code=engine.returncode, action="stopping the front ends")
+                for child in children:
+                    if child.poll() is None:
+                        child.send_signal(signal.SIGTERM)
+                return engine.returncode or 1
         time.sleep(0.1)
     return None

@@ -4,6 +4,7 @@ finishes the batches it holds and exits."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ def run_engine(config: ServerConfig) -> None:
         backend=engine.info.backend,
         threads=threads,
         switch_interval_s=sys.getswitchinterval(),
+        pid=os.getpid(),
         max_batch=max_batch,
         seconds=round(time.perf_counter() - started, 2),
     )
