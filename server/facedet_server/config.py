@@ -96,8 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
         "processes",
         1,
         "gRPC server processes sharing the TCP ports (SO_REUSEPORT), for when one Python "
-        "process cannot keep a GPU busy; they feed one engine process or each run their own "
-        "model (see --engine-process)",
+        "process cannot keep a GPU busy; they feed the engine process (--engines of them) or "
+        "each run their own model (see --engine-process)",
         int,
     ),
     Setting(
