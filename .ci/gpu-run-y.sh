@@ -4,6 +4,7 @@
 # for the letterbox that sums uint8 blocks (this tree) and the one before it (.devcarry/
 # ops_before.py: frames converted to float, then pooled); then the default engine configuration
 # through gRPC, and the same with the engine merging front ends' batches up to 128 images.
+# Ran at commit d769bbc; .devcarry/ops_before.py is `git show d362e1b:server/facedet_server/gpu/ops.py`.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 BUSY="python3 -m facedet_server.gpu.bench_busy --model $FACEDET_MODEL --image $IMG --threads 3 --seconds 2.5"

@@ -5,6 +5,7 @@
 # (letterbox, model, NMS). In process (bench_busy, both layouts), then through gRPC: the default
 # engine configuration, whose engine now decodes on its own thread, against the same with
 # --engine-decode-thread off. Everything also goes to $OUT/run.log.
+# Ran at commit 73b90c9: the staged mode and --engine-decode-thread were taken out after run AA.
 exec > >(tee "$OUT/run.log") 2>&1
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
