@@ -120,7 +120,7 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
         (["--max-delay-ms", "-1"], "max_delay_ms must be a number >= 0"),
         (["--engine-threads", "-1"], "engine_threads must be >= 0 (0 = automatic)"),
         (["--engine-max-batch", "-2"], "engine_max_batch must be >= 0 (0 = automatic)"),
-        (["--gil-switch-ms", "0"], "gil_switch_ms must be in (0, 1000]"),
+        (["--gil-switch-ms", "-1"], "gil_switch_ms must be in [0, 1000] (0 = automatic)"),
         (["--engines", "0"], "engines must be >= 1"),
         (["--processes", "2", "--engines", "3"], "--engines cannot exceed --processes"),
         (["--engine-wait", "-5"], "engine_wait must be a number >= 0"),
@@ -186,3 +186,12 @@ def test_malformed_environment_number_names_the_variable() -> None:
 def test_nan_max_delay_is_rejected() -> None:
     with pytest.raises(ValueError, match="max_delay_ms"):
         parse(["--max-delay-ms", "nan"])
+
+
+def test_switch_interval_is_1_ms_for_gpu_backends_unless_set() -> None:
+    from facedet_server.config import switch_interval_s
+
+    auto = ServerConfig()
+    assert switch_interval_s(auto, "torch") == switch_interval_s(auto, "tensorrt") == 0.001
+    assert switch_interval_s(auto, "onnxruntime") == 0.005  # Python's own
+    assert switch_interval_s(ServerConfig(gil_switch_ms=2.5), "onnxruntime") == 0.0025

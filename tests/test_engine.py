@@ -494,8 +494,8 @@ def test_one_engine_and_logs_say_who_wrote_them(engine_server: Server) -> None:
     assert serving["role"] == "engine" and serving["backend"] == "onnxruntime"
     assert serving["max_batch"] == 4  # --engine-max-batch, apart from the front ends' --max-batch
     assert serving["switch_interval_s"] == pytest.approx(0.002)  # --gil-switch-ms, in every process
-    listening = [r for r in records if r["event"] == "listening"]
-    assert len(listening) == 2 and all(r["switch_interval_s"] == pytest.approx(0.002) for r in listening)
+    loaded = [r for r in records if r["event"] == "model_loaded"]
+    assert len(loaded) == 2 and all(r["switch_interval_s"] == pytest.approx(0.002) for r in loaded)
     connected = events(engine_server, "engine_connected")
     assert len(connected) == 2 and len({r["engine_pid"] for r in connected}) == 1, connected
     front = [r for r in records if r.get("role") == "frontend"]
@@ -773,6 +773,9 @@ def test_engine_with_the_torch_pipeline_answers_like_a_plain_server(
     )
     (serving,) = events(server, "engine_serving")
     assert serving["backend"] == "torch", serving
+    # --gil-switch-ms left automatic: 1 ms for a GPU backend, in the engine and the front ends.
+    loaded = events(server, "model_loaded")
+    assert [r["switch_interval_s"] for r in [serving, *loaded]] == [0.001] * 3, [serving, *loaded]
     # Photos whose faces are all well above the threshold: 1.jpg's 22 include one the two
     # runtimes put on either side of 0.5.
     photos = ["zidane.jpg", "sample.jpg", "bus.jpg"]

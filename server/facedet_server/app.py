@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from facedet_server import __version__
 from facedet_server.backends import load_backend
 from facedet_server.batcher import BatcherConfig
-from facedet_server.config import ServerConfig
+from facedet_server.config import ServerConfig, switch_interval_s
 from facedet_server.detector import Detector, Limits, Pipeline
 from facedet_server.health import SERVING, HealthService
 from facedet_server.memory import trim_periodically
@@ -135,6 +135,7 @@ async def serve(config: ServerConfig) -> None:
     started = time.perf_counter()
     try:
         pipeline, model_name = await asyncio.to_thread(_load_pipeline, config, aborted)
+        sys.setswitchinterval(switch_interval_s(config, pipeline.backend.name))
         service = build_service(config, pipeline)
         await asyncio.to_thread(service.warm_up)
     except BaseException:
@@ -156,6 +157,7 @@ async def serve(config: ServerConfig) -> None:
         backend=info.backend,
         provider=info.execution_provider,
         input=f"{info.input_width}x{info.input_height}",
+        switch_interval_s=sys.getswitchinterval(),
         seconds=round(time.perf_counter() - started, 2),
     )
     await health_servicer.set_all(SERVING)
@@ -204,13 +206,7 @@ async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
         if port == 0 and not address.startswith("unix:"):
             raise StartupError(f"cannot listen on {address}")
     await server.start()
-    log.info(
-        "listening",
-        addresses=config.listen,
-        version=__version__,
-        config=config.__dict__,
-        switch_interval_s=sys.getswitchinterval(),
-    )
+    log.info("listening", addresses=config.listen, version=__version__, config=config.__dict__)
 
 
 async def _shut_down(

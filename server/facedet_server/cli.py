@@ -25,7 +25,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(server_config.log_format, server_config.log_level)
-    sys.setswitchinterval(server_config.gil_switch_ms / 1000)
     if server_config.role != "server" or "FACEDET_PROCESS_INDEX" in os.environ:
         # Several processes write one log: every line says which one wrote it.
         structlog.contextvars.bind_contextvars(

@@ -141,10 +141,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "gil_switch_ms",
-        1.0,
+        0.0,
         "milliseconds a Python thread may keep the interpreter lock while another waits for it "
-        "(sys.setswitchinterval; Python's default is 5), in every process: lower hands work "
-        "between threads sooner (gRPC, batcher, inference threads, the engine's socket readers)",
+        "(sys.setswitchinterval); 0 = automatic: 1 for GPU backends, whose threads hand batches "
+        "to each other all the time, and Python's own 5 for ONNX Runtime on the CPU",
         float,
     ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
@@ -219,7 +219,7 @@ class ServerConfig:
     role: str = "server"
     engine_threads: int = 0
     engine_max_batch: int = 0
-    gil_switch_ms: float = 1.0
+    gil_switch_ms: float = 0.0
     engine_socket: str = ""
     engine_wait: float = 900.0
     engine_timeout: float = 120.0
@@ -319,8 +319,8 @@ def validate(config: ServerConfig) -> None:
             problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
         problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
-    if not 0 < config.gil_switch_ms <= 1000:  # also false for NaN
-        problems.append("gil_switch_ms must be in (0, 1000]")
+    if not 0 <= config.gil_switch_ms <= 1000:  # also false for NaN
+        problems.append("gil_switch_ms must be in [0, 1000] (0 = automatic)")
     if not config.engine_timeout > 0:  # also false for NaN
         problems.append("engine_timeout must be a number > 0")
     if config.role != "server" and not config.engine_socket:
@@ -335,3 +335,17 @@ def validate(config: ServerConfig) -> None:
         problems.append("at least one --listen address is needed")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+# Backends whose pipelines keep GPU batches moving between threads (event loop, batcher,
+# inference threads, an engine's socket readers): 1 ms against Python's 5 gave 11% more unary
+# throughput on the H200 (docs/benchmarks.md, run AA). On the 2-core CPU machine it gained
+# nothing (2% less, within that machine's spread), so the CPU path keeps Python's own.
+GPU_BACKENDS = ("torch", "tensorrt")
+
+
+def switch_interval_s(config: ServerConfig, backend: str) -> float:
+    """The interpreter switch interval (seconds) for a process running `backend`."""
+    if config.gil_switch_ms > 0:
+        return config.gil_switch_ms / 1000
+    return 0.001 if backend in GPU_BACKENDS else 0.005

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from facedet_server.config import ServerConfig
+from facedet_server.config import ServerConfig, switch_interval_s
 from facedet_server.engine.server import EngineServer, ensure_free
 from facedet_server.memory import start_trim_thread
 
@@ -34,6 +34,7 @@ def run_engine(config: ServerConfig) -> None:
     threads = config.engine_threads or config.batch_workers
     max_batch = config.engine_max_batch or config.max_batch
     pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path)
+    sys.setswitchinterval(switch_interval_s(config, pipeline.backend.name))
     engine = EngineServer(pipeline, Path(config.engine_socket), threads, max_batch)
     engine.start()
     log.info(
