@@ -119,12 +119,12 @@ def _wait(children: list[subprocess.Popen[bytes]], engines: list[subprocess.Pope
     """Until every front end has exited; if an engine exits first, stop the front ends (those
     of the other engines too: the set is restarted as a whole) and return its status."""
     while any(child.poll() is None for child in children):
-        for engine in engines:
-            if engine.poll() is not None:
-                log.error("engine_exited", code=engine.returncode, action="stopping the front ends")
-                for child in children:
-                    if child.poll() is None:
-                        child.send_signal(signal.SIGTERM)
-                return engine.returncode or 1
+        dead = next((engine for engine in engines if engine.poll() is not None), None)
+        if dead is not None:
+            log.error("engine_exited", code=dead.returncode, action="stopping the front ends")
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            return dead.returncode or 1
         time.sleep(0.1)
     return None

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         end = max((e["ts"] + e["dur"] for e in events), default=0.0)
         window = [e for e in events if e["ts"] >= end - args.seconds * 1e6 * 0.8]
         busy, span = busy_fraction([(e["ts"], e["ts"] + e["dur"]) for e in window])
+        busy_share = busy / max(span, 1e-9)
         by_stem: dict[str, float] = defaultdict(float)
         for e in window:
             by_stem[kernel_stem(e["name"]) if e["cat"] == "kernel" else e["cat"]] += e["dur"]
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         per_image = 1.0 / max(images, 1e-9)
         print(
             f"batch {n}, {args.threads} threads: {rate:9.1f} img/s ({profiled_rate:.1f} under the "
-            f"profiler); GPU busy {100 * busy / max(span, 1e-9):.1f}% of {span / 1e3:.0f} ms; GPU "
+            f"profiler); GPU busy {100 * busy_share:.1f}% of {span / 1e3:.0f} ms; GPU "
             f"time per image {busy * per_image:.1f} us busy, {total * per_image:.1f} us summed",
             flush=True,
         )
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads,
                 "img_per_s": round(rate, 1),
                 "img_per_s_profiled": round(profiled_rate, 1),
-                "gpu_busy": round(busy / max(span, 1e-9), 4),
+                "gpu_busy": round(busy_share, 4),
                 "top": [{"kernel": stem, "share": round(us / total, 4)} for stem, us in top],
             }
         )
