@@ -6,7 +6,15 @@ import argparse
 import dataclasses
 
 import pytest
-from facedet_server.config import SETTINGS, ServerConfig, add_arguments, from_args, validate
+from facedet_server.config import (
+    SETTINGS,
+    ServerConfig,
+    add_arguments,
+    from_args,
+    resolve_automatic,
+    runs_on_gpu,
+    validate,
+)
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfig:
@@ -66,7 +74,7 @@ def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyP
     add_arguments(parser)
     assert from_args(parser.parse_args([])).max_queue == 77
     # An explicit mapping replaces os.environ entirely.
-    assert parse([], {}).max_queue == 256
+    assert parse([], {}).max_queue == 0  # automatic
 
 
 def test_listen_is_repeatable() -> None:
@@ -103,9 +111,9 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
-        (["--max-batch", "0"], "max_batch must be >= 1"),
-        (["--max-queue", "-1"], "max_queue must be >= 1"),
-        (["--batch-workers", "0"], "batch_workers must be >= 1"),
+        (["--max-batch", "-1"], "max_batch must be >= 0 (0 = automatic)"),
+        (["--max-queue", "-1"], "max_queue must be >= 0 (0 = automatic)"),
+        (["--batch-workers", "-3"], "batch_workers must be >= 0 (0 = automatic)"),
         (["--stream-window", "0"], "stream_window must be >= 1"),
         (["--max-message-bytes", "0"], "max_message_bytes must be >= 1"),
         (["--max-pixels", "0"], "max_pixels must be >= 1"),
@@ -136,10 +144,10 @@ def test_validate_rejects(argv: list[str], problem: str) -> None:
 
 def test_validate_reports_every_problem_at_once() -> None:
     with pytest.raises(ValueError) as info:
-        validate(ServerConfig(max_batch=0, input_size=100, iou_threshold=2.0, listen=[]))
+        validate(ServerConfig(max_batch=-1, input_size=100, iou_threshold=2.0, listen=[]))
     message = str(info.value)
     for problem in (
-        "max_batch must be >= 1",
+        "max_batch must be >= 0 (0 = automatic)",
         "input_size must be a multiple of 32",
         "iou_threshold must be in (0, 1]",
         "at least one --listen address is needed",
@@ -154,8 +162,8 @@ def test_validate_accepts_edges() -> None:
 
 
 def test_environment_values_are_validated_too() -> None:
-    with pytest.raises(ValueError, match="max_batch must be >= 1"):
-        parse([], {"FACEDET_MAX_BATCH": "0"})
+    with pytest.raises(ValueError, match="max_batch must be >= 0"):
+        parse([], {"FACEDET_MAX_BATCH": "-1"})
 
 
 def test_help_lists_every_setting_with_its_environment_variable() -> None:
@@ -167,7 +175,10 @@ def test_help_lists_every_setting_with_its_environment_variable() -> None:
         assert f"env {setting.env};" in text, setting.env
         assert setting.help.split()[0] in text
     # The default shown is the built-in one, not the environment's.
-    assert "[env FACEDET_MAX_BATCH; default 8]" in text
+    assert "[env FACEDET_MAX_BATCH; default 0]" in text
+    assert "0 = automatic: 8 on the CPU, 64 on a GPU" in text
+    assert "0 = automatic: 256 on the CPU, 1024 on a GPU" in text
+    assert "0 = automatic: 1 on the CPU, 3 on a GPU" in text
     assert "[env FACEDET_LISTEN; default 0.0.0.0:50051]" in text
 
 
@@ -188,10 +199,59 @@ def test_nan_max_delay_is_rejected() -> None:
         parse(["--max-delay-ms", "nan"])
 
 
-def test_switch_interval_is_1_ms_for_gpu_backends_unless_set() -> None:
-    from facedet_server.config import switch_interval_s
+def batching(config: ServerConfig) -> tuple[int, int, int, float]:
+    return config.max_batch, config.batch_workers, config.max_queue, config.gil_switch_ms
 
-    auto = ServerConfig()
-    assert switch_interval_s(auto, "torch") == switch_interval_s(auto, "tensorrt") == 0.001
-    assert switch_interval_s(auto, "onnxruntime") == 0.005  # Python's own
-    assert switch_interval_s(ServerConfig(gil_switch_ms=2.5), "onnxruntime") == 0.0025
+
+CPU = (8, 1, 256, 5.0)  # the fixed defaults before they became automatic; 5 ms is Python's own
+GPU = (64, 3, 1024, 1.0)  # what the GPU benchmarks ran with
+
+
+def test_automatic_settings_default_to_0_and_accept_it() -> None:
+    assert batching(parse([])) == (0, 0, 0, 0.0)
+    assert batching(parse(["--max-batch", "0", "--batch-workers", "0", "--max-queue", "0"])) == (0, 0, 0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "expected"),
+    [
+        ("onnxruntime", "cuda:0", CPU),  # ONNX Runtime runs on the CPU whatever --device says
+        ("onnxruntime", "CPUExecutionProvider", CPU),  # the device an engine reports for it
+        ("torch", "cpu", CPU),
+        ("torch", "cuda:0", GPU),
+        ("torch", "cuda", GPU),
+        ("torch", "cuda:1", GPU),
+        ("tensorrt", "cuda:0", GPU),
+        ("tensorrt", "cpu", GPU),  # TensorRT has no CPU: its backend refuses such a device
+    ],
+)
+def test_automatic_settings_follow_where_the_model_runs(
+    backend: str, device: str, expected: tuple[int, int, int, float]
+) -> None:
+    config = parse([])
+    resolved = resolve_automatic(config, backend, device)
+    assert batching(resolved) == expected
+    assert runs_on_gpu(backend, device) == (expected == GPU)
+    # Only the automatic settings change, and the input is left as it was (a frozen copy).
+    assert (
+        dataclasses.replace(resolved, max_batch=0, batch_workers=0, max_queue=0, gil_switch_ms=0.0) == config
+    )
+    assert batching(config) == (0, 0, 0, 0.0)
+
+
+def test_explicit_settings_win_over_automatic_ones() -> None:
+    config = parse(["--max-batch", "16", "--gil-switch-ms", "2.5"], {"FACEDET_MAX_QUEUE": "77"})
+    for backend, device in (("onnxruntime", "cpu"), ("torch", "cuda:0"), ("tensorrt", "cuda:0")):
+        resolved = resolve_automatic(config, backend, device)
+        workers = 3 if runs_on_gpu(backend, device) else 1  # the one left automatic
+        assert batching(resolved) == (16, workers, 77, 2.5), backend
+    everything = parse(
+        ["--max-batch", "2", "--batch-workers", "5", "--max-queue", "9", "--gil-switch-ms", "3"]
+    )
+    assert resolve_automatic(everything, "torch", "cuda:0") == everything
+
+
+def test_resolving_twice_changes_nothing() -> None:
+    """Filled-in values count as given: resolving again, for any backend, keeps them."""
+    once = resolve_automatic(parse([]), "tensorrt", "cuda:0")
+    assert resolve_automatic(once, "onnxruntime", "cpu") == once

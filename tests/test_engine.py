@@ -496,6 +496,10 @@ def test_one_engine_and_logs_say_who_wrote_them(engine_server: Server) -> None:
     assert serving["switch_interval_s"] == pytest.approx(0.002)  # --gil-switch-ms, in every process
     loaded = [r for r in records if r["event"] == "model_loaded"]
     assert len(loaded) == 2 and all(r["switch_interval_s"] == pytest.approx(0.002) for r in loaded)
+    # The batching settings left automatic: the front ends resolve them for the engine's backend
+    # (ONNX Runtime: the CPU's), and the engine's threads follow the resolved --batch-workers.
+    assert [(r["max_batch"], r["batch_workers"], r["max_queue"]) for r in loaded] == [(8, 1, 256)] * 2
+    assert serving["threads"] == 1
     connected = events(engine_server, "engine_connected")
     assert len(connected) == 2 and len({r["engine_pid"] for r in connected}) == 1, connected
     front = [r for r in records if r.get("role") == "frontend"]
@@ -773,9 +777,12 @@ def test_engine_with_the_torch_pipeline_answers_like_a_plain_server(
     )
     (serving,) = events(server, "engine_serving")
     assert serving["backend"] == "torch", serving
-    # --gil-switch-ms left automatic: 1 ms for a GPU backend, in the engine and the front ends.
+    # Left automatic: torch on --device cpu runs on the CPU, so the CPU's values (Python's 5 ms
+    # switch interval, a queue of 256), in the engine and in the front ends, which learn the
+    # backend and device from the engine; the batching flags given stay as given.
     loaded = events(server, "model_loaded")
-    assert [r["switch_interval_s"] for r in [serving, *loaded]] == [0.001] * 3, [serving, *loaded]
+    assert [r["switch_interval_s"] for r in [serving, *loaded]] == [0.005] * 3, [serving, *loaded]
+    assert [(r["max_batch"], r["batch_workers"], r["max_queue"]) for r in loaded] == [(4, 2, 256)] * 2
     # Photos whose faces are all well above the threshold: 1.jpg's 22 include one the two
     # runtimes put on either side of 0.5.
     photos = ["zidane.jpg", "sample.jpg", "bus.jpg"]

@@ -270,9 +270,9 @@ def test_serve_help_documents_every_setting() -> None:
 
 
 def test_invalid_setting_is_refused() -> None:
-    result = run_cli("serve", "--max-batch", "0", "--listen", f"127.0.0.1:{free_port()}", timeout=60)
+    result = run_cli("serve", "--max-batch", "-1", "--listen", f"127.0.0.1:{free_port()}", timeout=60)
     assert result.returncode == 2
-    assert "max_batch" in result.stderr
+    assert "max_batch must be >= 0" in result.stderr
 
 
 def test_missing_model_file_exits_with_message(tmp_path: Path) -> None:
@@ -357,9 +357,43 @@ def test_model_info(server: Server) -> None:
     assert limits.max_message_bytes == 16 * 1024 * 1024
     assert limits.max_pixels == 50_000_000
     assert limits.max_faces == 1000
-    assert limits.max_queue == 256
-    assert info.max_batch == 8
+    max_batch, _, max_queue = automatic_batching(info.backend, info.execution_provider)
+    assert (info.max_batch, limits.max_queue) == (max_batch, max_queue)
     assert info.max_delay_ms == pytest.approx(2.0)
+
+
+def automatic_batching(backend: str, device: str) -> tuple[int, int, int]:
+    """(max_batch, batch_workers, max_queue) a server with no batching settings runs with."""
+    on_gpu = backend == "tensorrt" or (backend == "torch" and device.startswith("cuda"))
+    return (64, 3, 1024) if on_gpu else (8, 1, 256)
+
+
+def loaded_batching(server: Server) -> tuple[int, int, int]:
+    (loaded,) = [r for r in server.log_records() if r.get("event") == "model_loaded"]
+    return loaded["max_batch"], loaded["batch_workers"], loaded["max_queue"]
+
+
+def test_batching_settings_left_automatic_follow_where_the_model_runs(server: Server) -> None:
+    """The session server sets none of them: ONNX Runtime (the CPU) runs the CPU values, and the
+    model_loaded log line says so along with GetModelInfo."""
+    with server.stub() as stub:
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    expected = automatic_batching(info.backend, info.execution_provider)
+    if info.backend == "onnxruntime":
+        assert expected == (8, 1, 256)
+    assert loaded_batching(server) == expected
+    assert (info.max_batch, info.limits.max_queue) == (expected[0], expected[2])
+
+
+def test_an_explicit_max_batch_wins_over_the_automatic_one(start_server: ServerFactory) -> None:
+    server = start_server("--max-batch", "16", unix=False)
+    with server.stub() as stub:
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        response = stub.DetectFaces(pb.DetectFacesRequest(encoded=image_bytes("zidane.jpg")), timeout=30)
+    assert len(response.faces) == EXPECTED_FACES["zidane.jpg"]
+    _, workers, max_queue = automatic_batching(info.backend, info.execution_provider)
+    assert info.max_batch == 16 and info.limits.max_queue == max_queue
+    assert loaded_batching(server) == (16, workers, max_queue)  # the others stay automatic
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -24,9 +25,9 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facedet_server import __version__
-from facedet_server.backends import load_backend
+from facedet_server.backends import choose_backend, load_backend
 from facedet_server.batcher import BatcherConfig
-from facedet_server.config import ServerConfig, switch_interval_s
+from facedet_server.config import ServerConfig, resolve_automatic
 from facedet_server.detector import Detector, Limits, Pipeline
 from facedet_server.health import SERVING, HealthService
 from facedet_server.memory import trim_periodically
@@ -45,8 +46,22 @@ class StartupError(Exception):
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FaceDetector"].full_name
 
 
+def resolve_for_model(config: ServerConfig, model_path: Path) -> ServerConfig:
+    """`config` as a process running `model_path` itself uses it: --backend auto replaced by the
+    backend chosen, and the automatic settings filled in for where that backend runs the model
+    (ONNX Runtime on the CPU whatever --device says; torch and TensorRT on --device)."""
+    backend, reason = choose_backend(config.backend, model_path)
+    log.info("backend_chosen", backend=backend, reason=reason, model=str(model_path))
+    return resolve_automatic(replace(config, backend=backend), backend, config.device)
+
+
 def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
-    """The model and the pre/post-processing around it, in this process."""
+    """The model and the pre/post-processing around it, in this process. `config` is one
+    `resolve_for_model` returned: the backend's batch size must be known before it loads."""
+    if config.backend == "auto" or config.max_batch < 1:
+        raise ValueError(
+            "build_pipeline needs a config from resolve_for_model (backend and batch size known)"
+        )
     backend = load_backend(
         config.backend,
         model_path,
@@ -134,8 +149,9 @@ async def serve(config: ServerConfig) -> None:
 
     started = time.perf_counter()
     try:
-        pipeline, model_name = await asyncio.to_thread(_load_pipeline, config, aborted)
-        sys.setswitchinterval(switch_interval_s(config, pipeline.backend.name))
+        # From here on `config` has its automatic settings filled in for where the model runs.
+        pipeline, model_name, config = await asyncio.to_thread(_load_pipeline, config, aborted)
+        sys.setswitchinterval(config.gil_switch_ms / 1000)
         service = build_service(config, pipeline)
         await asyncio.to_thread(service.warm_up)
     except BaseException:
@@ -158,6 +174,9 @@ async def serve(config: ServerConfig) -> None:
         provider=info.execution_provider,
         input=f"{info.input_width}x{info.input_height}",
         switch_interval_s=sys.getswitchinterval(),
+        max_batch=config.max_batch,
+        batch_workers=config.batch_workers,
+        max_queue=config.max_queue,
         seconds=round(time.perf_counter() - started, 2),
     )
     await health_servicer.set_all(SERVING)
@@ -179,8 +198,9 @@ async def serve(config: ServerConfig) -> None:
     await _shut_down(server, health_servicer, service, config.grace_seconds)
 
 
-def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline, str]:
-    """(pipeline, what it runs): the model here, or the engine process's at --engine-socket."""
+def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline, str, ServerConfig]:
+    """(pipeline, what it runs, `config` resolved for where the model runs): the model here, or
+    the engine process's at --engine-socket (whose backend and device the engine tells)."""
     if config.role == "frontend":
         from facedet_server.engine.pipeline import EnginePipeline
         from facedet_server.errors import DetectError
@@ -192,9 +212,11 @@ def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipe
         except DetectError as exc:
             raise StartupError(exc.message) from None
         log.info("engine_connected", socket=config.engine_socket, engine_pid=engine.info.pid, pid=os.getpid())
-        return engine, f"engine process {engine.info.pid} at {config.engine_socket}"
+        resolved = resolve_automatic(config, engine.info.backend, engine.info.device)
+        return engine, f"engine process {engine.info.pid} at {config.engine_socket}", resolved
     model_path = resolve_model(config.model)
-    return build_pipeline(config, model_path), str(model_path)
+    resolved = resolve_for_model(config, model_path)
+    return build_pipeline(resolved, model_path), str(model_path), resolved
 
 
 async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:

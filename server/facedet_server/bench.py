@@ -397,10 +397,11 @@ async def in_process_load(service: DetectionService, data: bytes, load: Load) ->
 @contextlib.asynccontextmanager
 async def started_service(config: server_config.ServerConfig) -> Any:
     """The server's DetectionService, built and warmed up as `facedet serve` does."""
-    from facedet_server.app import build_pipeline, build_service
+    from facedet_server.app import build_pipeline, build_service, resolve_for_model
     from facedet_server.modelfiles import resolve_model
 
     model_path = await asyncio.to_thread(resolve_model, config.model)
+    config = resolve_for_model(config, model_path)
     service = build_service(config, await asyncio.to_thread(build_pipeline, config, model_path))
     await asyncio.to_thread(service.warm_up)
     service.start()

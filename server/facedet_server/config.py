@@ -1,6 +1,8 @@
 """Server configuration: one table of settings, each a CLI flag with a FACEDET_* environment twin.
 
-A flag on the command line wins over the environment, which wins over the default.
+A flag on the command line wins over the environment, which wins over the default. Settings whose
+best value depends on where the model runs (the CPU or a GPU) default to 0, automatic:
+`resolve_automatic` fills them in once the process knows its backend.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
@@ -40,6 +42,32 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+@dataclass(frozen=True)
+class AutomaticValues:
+    """What the settings left at 0 (automatic) become, by where the model runs."""
+
+    max_batch: int
+    batch_workers: int
+    max_queue: int
+    gil_switch_ms: float
+
+
+# The CPU values are the fixed defaults this server was tuned with on the CPU, so a CPU server
+# behaves as it did before they became automatic. The GPU batching values are what the GPU runs in
+# docs/benchmarks.md used: batches of 64 with three in flight gave several times the throughput
+# of 8 and 1, and a queue of 1024 holds 16 such batches (those runs set 4096). 1 ms for the
+# interpreter lock against Python's 5 gave 11% more unary throughput on the H200 (run AA), where
+# threads hand batches to each other all the time; on the 2-core CPU machine it gained nothing
+# (2% less, within that machine's spread), so the CPU keeps Python's own.
+ON_CPU = AutomaticValues(max_batch=8, batch_workers=1, max_queue=256, gil_switch_ms=5.0)
+ON_GPU = AutomaticValues(max_batch=64, batch_workers=3, max_queue=1024, gil_switch_ms=1.0)
+
+
+def _automatic(name: str) -> str:
+    """The help text's note for an automatic setting: what 0 becomes on the CPU and on a GPU."""
+    return f"0 = automatic: {getattr(ON_CPU, name):g} on the CPU, {getattr(ON_GPU, name):g} on a GPU"
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "model",
@@ -61,10 +89,21 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("auto", "onnxruntime", "torch", "tensorrt"),
     ),
     Setting("input_size", 640, "network input size: the long side for models with dynamic shapes", int),
-    Setting("max_batch", 8, "most images in one model run", int),
+    Setting("max_batch", 0, f"most images in one model run; {_automatic('max_batch')}", int),
     Setting("max_delay_ms", 2.0, "longest wait for a batch to fill before it runs", float),
-    Setting("max_queue", 256, "requests waiting for a batch before new ones get RESOURCE_EXHAUSTED", int),
-    Setting("batch_workers", 1, "batches in flight at once (2 overlaps host work with GPU work)", int),
+    Setting(
+        "max_queue",
+        0,
+        "requests waiting for a batch before new ones get RESOURCE_EXHAUSTED; " + _automatic("max_queue"),
+        int,
+    ),
+    Setting(
+        "batch_workers",
+        0,
+        "batches in flight at once (2 or more overlap host work with GPU work); "
+        + _automatic("batch_workers"),
+        int,
+    ),
     Setting("decode_threads", 0, "threads decoding and letterboxing images (0 = number of CPUs)", int),
     Setting("intra_op_threads", 0, "ONNX Runtime threads inside one operator (0 = its default)", int),
     Setting("inter_op_threads", 1, "ONNX Runtime threads across operators", int),
@@ -143,8 +182,8 @@ SETTINGS: tuple[Setting, ...] = (
         "gil_switch_ms",
         0.0,
         "milliseconds a Python thread may keep the interpreter lock while another waits for it "
-        "(sys.setswitchinterval); 0 = automatic: 1 for GPU backends, whose threads hand batches "
-        "to each other all the time, and Python's own 5 for ONNX Runtime on the CPU",
+        "(sys.setswitchinterval); 0 = automatic: 1 on a GPU, whose threads hand batches to each "
+        "other all the time, and Python's own 5 on the CPU",
         float,
     ),
     Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
@@ -195,10 +234,10 @@ class ServerConfig:
     listen: list[str] = field(default_factory=lambda: ["0.0.0.0:50051"])
     backend: str = "auto"
     input_size: int = 640
-    max_batch: int = 8
+    max_batch: int = 0
     max_delay_ms: float = 2.0
-    max_queue: int = 256
-    batch_workers: int = 1
+    max_queue: int = 0
+    batch_workers: int = 0
     decode_threads: int = 0
     intra_op_threads: int = 0
     inter_op_threads: int = 1
@@ -285,9 +324,6 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
 def validate(config: ServerConfig) -> None:
     problems = []
     for name in (
-        "max_batch",
-        "max_queue",
-        "batch_workers",
         "stream_window",
         "max_message_bytes",
         "max_pixels",
@@ -306,6 +342,9 @@ def validate(config: ServerConfig) -> None:
         if math.isnan(value) or value < 0:
             problems.append(f"{name} must be a number >= 0")
     for name in (
+        "max_batch",
+        "max_queue",
+        "batch_workers",
         "decode_threads",
         "intra_op_threads",
         "inter_op_threads",
@@ -337,15 +376,21 @@ def validate(config: ServerConfig) -> None:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 
 
-# Backends whose pipelines keep GPU batches moving between threads (event loop, batcher,
-# inference threads, an engine's socket readers): 1 ms against Python's 5 gave 11% more unary
-# throughput on the H200 (docs/benchmarks.md, run AA). On the 2-core CPU machine it gained
-# nothing (2% less, within that machine's spread), so the CPU path keeps Python's own.
-GPU_BACKENDS = ("torch", "tensorrt")
+def runs_on_gpu(backend: str, device: str) -> bool:
+    """Whether `backend` runs the model on a GPU: TensorRT always, torch on a CUDA device
+    (`--device cpu` runs it on the CPU), ONNX Runtime never (this server runs it on the CPU,
+    whatever --device says)."""
+    if backend == "tensorrt":
+        return True
+    return backend == "torch" and device.strip().lower().startswith("cuda")
 
 
-def switch_interval_s(config: ServerConfig, backend: str) -> float:
-    """The interpreter switch interval (seconds) for a process running `backend`."""
-    if config.gil_switch_ms > 0:
-        return config.gil_switch_ms / 1000
-    return 0.001 if backend in GPU_BACKENDS else 0.005
+def resolve_automatic(config: ServerConfig, backend: str, device: str) -> ServerConfig:
+    """`config` with every setting left at 0 (automatic) that depends on where the model runs
+    filled in for `backend` on `device` (ON_CPU or ON_GPU); values given explicitly stay.
+    Called once the backend is known: it decides the batch size the backend is loaded with."""
+    automatic = ON_GPU if runs_on_gpu(backend, device) else ON_CPU
+    filled = {
+        f.name: getattr(automatic, f.name) for f in fields(AutomaticValues) if getattr(config, f.name) == 0
+    }
+    return replace(config, **filled)

@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
 import simplejpeg  # noqa: E402
+from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
 from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_server.detector import Detector, EncodedImage, RawFrame  # noqa: E402
@@ -163,3 +164,16 @@ def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> No
     print(f"host RSS {rss0} -> {rss1} KiB, GPU {gpu0} -> {gpu1} MiB")
     assert rss1 <= rss0 * 1.02, f"host RSS grew {rss0} -> {rss1} KiB"
     assert gpu1 <= gpu0 * 1.02, f"GPU memory grew {gpu0} -> {gpu1} MiB"
+
+
+def test_batching_settings_left_automatic_are_the_gpus(start_server: ServerFactory) -> None:
+    """No batching flags: torch on a CUDA device runs what the GPU benchmarks used (64 images a
+    batch, three in flight, a queue of 1024) and a 1 ms switch interval, not the CPU's values."""
+    server = start_server("--backend", "torch", "--compile", "off", unix=False, start=False)
+    server.start(timeout=300)
+    with server.stub() as stub:
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert (info.backend, info.max_batch, info.limits.max_queue) == ("torch", 64, 1024), info
+    (loaded,) = [r for r in server.log_records() if r.get("event") == "model_loaded"]
+    assert (loaded["max_batch"], loaded["batch_workers"], loaded["max_queue"]) == (64, 3, 1024), loaded
+    assert loaded["switch_interval_s"] == pytest.approx(0.001), loaded

@@ -1,15 +1,12 @@
-"""Model runtimes behind one interface (`Backend`), chosen by `load_backend`."""
+"""Model runtimes behind one interface (`Backend`): `choose_backend` picks one for --backend,
+`load_backend` loads it."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-import structlog
-
 from facedet_server.backends.base import Backend
-
-log = structlog.get_logger("facedet.backends")
 
 
 def _cuda_available() -> bool:
@@ -32,7 +29,7 @@ def choose_backend(requested: str, model_path: Path) -> tuple[str, str]:
 
 
 def load_backend(
-    requested: str,
+    name: str,
     model_path: Path,
     *,
     max_batch: int,
@@ -41,8 +38,8 @@ def load_backend(
     device: str = "cuda:0",
     compile_mode: str = "off",
 ) -> Backend:
-    name, reason = choose_backend(requested, model_path)
-    log.info("backend_chosen", backend=name, reason=reason, model=str(model_path))
+    """`name` is a backend `choose_backend` returned: chosen first, since where the model runs
+    decides the automatic settings (`max_batch` among them) it is loaded with."""
     if name == "onnxruntime":
         from facedet_server.backends.onnxruntime import OnnxRuntimeBackend
 

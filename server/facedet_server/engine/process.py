@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from facedet_server.config import ServerConfig, switch_interval_s
+from facedet_server.config import ServerConfig
 from facedet_server.engine.server import EngineServer, ensure_free
 from facedet_server.memory import start_trim_thread
 
@@ -22,7 +22,7 @@ log = structlog.get_logger("facedet.engine")
 
 
 def run_engine(config: ServerConfig) -> None:
-    from facedet_server.app import build_pipeline
+    from facedet_server.app import build_pipeline, resolve_for_model
     from facedet_server.modelfiles import resolve_model
 
     stop = threading.Event()
@@ -31,10 +31,11 @@ def run_engine(config: ServerConfig) -> None:
     started = time.perf_counter()
     ensure_free(Path(config.engine_socket))
     model_path = resolve_model(config.model)
+    config = resolve_for_model(config, model_path)  # before the 0 = automatic fallbacks below
     threads = config.engine_threads or config.batch_workers
     max_batch = config.engine_max_batch or config.max_batch
     pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path)
-    sys.setswitchinterval(switch_interval_s(config, pipeline.backend.name))
+    sys.setswitchinterval(config.gil_switch_ms / 1000)
     engine = EngineServer(pipeline, Path(config.engine_socket), threads, max_batch)
     engine.start()
     log.info(
