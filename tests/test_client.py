@@ -21,7 +21,7 @@ from facedet.client import (
     Status,
     build_request,
 )
-from facedet.client.channel import decode_health_response, encode_health_request
+from facedet.client.channel import channel_options, decode_health_response, encode_health_request
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_test_support import SHARED, ServerFactory, free_port
@@ -271,3 +271,23 @@ def test_health_codec() -> None:
         encode_health_request("x" * 200)
         == health_pb2.HealthCheckRequest(service="x" * 200).SerializeToString()
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "balanced"),
+    [
+        ("ipv4:127.0.0.1:50070,127.0.0.1:50071", True),
+        ("ipv6:[::1]:50070,[::1]:50071", True),
+        ("unix:/run/facedet/front-end-0.sock,/run/facedet/front-end-1.sock", True),
+        ("localhost:50051", False),
+        ("unix:///run/facedet.sock", False),
+        ("ipv4:127.0.0.1:50070", False),
+        ("dns:///a,b", False),  # a resolver's name, not a list gRPC splits
+    ],
+)
+def test_a_target_listing_front_ends_gets_round_robin(target: str, balanced: bool) -> None:
+    options = dict(channel_options(target=target))
+    assert (options.get("grpc.lb_policy_name") == "round_robin") is balanced
+    # The caller's own choice still wins (gRPC takes the last value of a key).
+    chosen = channel_options([("grpc.lb_policy_name", "pick_first")], target)
+    assert chosen[-1] == ("grpc.lb_policy_name", "pick_first")

@@ -11,6 +11,8 @@ from facedet_server.config import (
     ServerConfig,
     add_arguments,
     from_args,
+    front_end_addresses,
+    listen_addresses,
     resolve_automatic,
     runs_on_gpu,
     validate,
@@ -134,6 +136,21 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
         (["--engine-wait", "-5"], "engine_wait must be a number >= 0"),
         (["--engine-timeout", "0"], "engine_timeout must be a number > 0"),
         (["--role", "engine"], "--role engine needs --engine-socket"),
+        (["--front-end-listen", "127.0.0.1:50070"], "with one process, add the address to --listen"),
+        (
+            ["--processes", "2", "--front-end-listen", "unix:///run/fe.sock"],
+            "a unix socket per front end needs {i} in its path",
+        ),
+        (["--processes", "2", "--front-end-listen", "localhost"], "'localhost' is not HOST:PORT"),
+        (["--processes", "3", "--front-end-listen", "127.0.0.1:65534"], "past 65535"),
+        (
+            ["--processes", "2", "--listen", "127.0.0.1:50071", "--front-end-listen", "127.0.0.1:50070"],
+            "gives front end 1 127.0.0.1:50071, which --listen already has",
+        ),
+        (
+            ["--processes", "2", "--listen", "unix:///run/facedet.sock"],
+            "give each front end its own with --front-end-listen",
+        ),
     ],
 )
 def test_validate_rejects(argv: list[str], problem: str) -> None:
@@ -255,3 +272,26 @@ def test_resolving_twice_changes_nothing() -> None:
     """Filled-in values count as given: resolving again, for any backend, keeps them."""
     once = resolve_automatic(parse([]), "tensorrt", "cuda:0")
     assert resolve_automatic(once, "onnxruntime", "cpu") == once
+
+
+def test_front_end_addresses_put_the_index_in_or_add_it_to_the_port() -> None:
+    templates = ["unix:///run/facedet/front-end-{i}.sock", "10.0.0.5:50070", "[::1]:6000", "h:5{i}"]
+    assert front_end_addresses(templates, 0) == [
+        "unix:///run/facedet/front-end-0.sock", "10.0.0.5:50070", "[::1]:6000", "h:50",
+    ]  # fmt: skip
+    assert front_end_addresses(templates, 3) == [
+        "unix:///run/facedet/front-end-3.sock", "10.0.0.5:50073", "[::1]:6003", "h:53",
+    ]  # fmt: skip
+
+
+def test_only_a_front_end_of_processes_listens_on_its_own_addresses() -> None:
+    flags = ["--listen", "0.0.0.0:50051", "--front-end-listen", "127.0.0.1:50070"]
+    supervisor = parse(["--processes", "4", *flags])
+    assert listen_addresses(supervisor) == ["0.0.0.0:50051"]
+    child = parse(
+        ["--processes", "1", "--front-end-index", "2", "--role", "frontend", "--engine-socket", "/e", *flags]
+    )
+    assert listen_addresses(child) == ["0.0.0.0:50051", "127.0.0.1:50072"]
+    # An engine serves no gRPC: the flag it inherits with the rest is not its concern.
+    engine = parse(["--role", "engine", "--engine-socket", "/e", *flags])
+    assert listen_addresses(engine) == ["0.0.0.0:50051"]

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from facedet.client import FaceDetectorClient
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server import supervisor
@@ -873,3 +874,59 @@ def test_wants_engine(settings: dict[str, Any], expected: bool) -> None:
     assert reason
     if settings["engine_process"] != "auto":
         assert reason == f"--engine-process {settings['engine_process']}"
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 both free (for --front-end-listen HOST:P with two front ends)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_front_ends_of_their_own_spread_a_clients_calls(start_server: ServerFactory, tmp_path: Path) -> None:
+    """--front-end-listen: each front end also serves on an address of its own (a unix socket
+    with {i}, a TCP port + i), so a client naming them all gets round_robin and reaches every
+    front end from one channel, where the shared port leaves it on the one its connection
+    hashed to."""
+    port = free_port_pair()
+    sockets = f"unix://{tmp_path}/front-end-{{i}}.sock"
+    server = start_supervised(
+        start_server, "--processes", "2", "--summary-interval", "0.5",
+        "--front-end-listen", sockets, "--front-end-listen", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    assert server.proc is not None
+    children = child_pids(server.proc.pid)
+    try:
+        own = {
+            r["process"]: r["addresses"] for r in events(server, "listening") if r.get("role") == "frontend"
+        }
+        assert own == {
+            str(i): [server.target, f"unix://{tmp_path}/front-end-{i}.sock", f"127.0.0.1:{port + i}"]
+            for i in (0, 1)
+        }, own
+        for address in (f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"):
+            with FaceDetectorClient(address) as client:
+                assert client.model_info().name, address
+        target = f"unix:{tmp_path}/front-end-0.sock,{tmp_path}/front-end-1.sock"
+        with FaceDetectorClient(target, timeout=30) as client:
+            for _ in range(12):
+                assert len(client.detect(image_bytes("zidane.jpg")).faces) == 2
+
+        def served() -> dict[str, int]:
+            counts = {"0": 0, "1": 0}
+            for r in events(server, "summary"):
+                if r.get("role") == "frontend":
+                    counts[r["process"]] += r["ok"]
+            return counts
+
+        wait_for(lambda: sum(served().values()) == 12, 10, "the front ends' summaries of 12 calls")
+        assert min(served().values()) >= 3, served()  # round_robin, not all on one front end
+    finally:
+        server.stop()
+        kill_leftovers(children)

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from facedet_server import __version__
 from facedet_server.backends import choose_backend, load_backend
 from facedet_server.batcher import BatcherConfig
-from facedet_server.config import ServerConfig, resolve_automatic
+from facedet_server.config import ServerConfig, listen_addresses, resolve_automatic
 from facedet_server.detector import Detector, Limits, Pipeline
 from facedet_server.health import SERVING, HealthService
 from facedet_server.memory import trim_periodically
@@ -220,7 +220,8 @@ def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipe
 
 
 async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
-    for address in config.listen:
+    addresses = listen_addresses(config)
+    for address in addresses:
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio raises "Failed to bind" rather than returning 0
@@ -228,7 +229,7 @@ async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
         if port == 0 and not address.startswith("unix:"):
             raise StartupError(f"cannot listen on {address}")
     await server.start()
-    log.info("listening", addresses=config.listen, version=__version__, config=config.__dict__)
+    log.info("listening", addresses=addresses, version=__version__, config=config.__dict__)
 
 
 async def _shut_down(

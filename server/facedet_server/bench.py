@@ -278,7 +278,7 @@ async def grpc_load(
 ) -> Samples:
     """Run `load` against `target` from this process; `barrier` lines up worker processes so
     their measured windows coincide. Only the `first` process measures the machine's CPU."""
-    channel = grpc.aio.insecure_channel(target, options=channel_options())
+    channel = grpc.aio.insecure_channel(target, options=channel_options(target=target))
     try:
         await asyncio.wait_for(channel.channel_ready(), 30)
         if barrier is not None:
@@ -643,7 +643,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "--server",
         metavar="ADDR",
-        help="server to load (HOST:PORT or unix:///path); default $FACEDET_SERVER or localhost:50051, "
+        help="server to load (HOST:PORT, unix:///path, or a list of front ends to spread calls over "
+        "with round_robin: ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock); "
+        "default $FACEDET_SERVER or localhost:50051, "
         "except with --compare, which starts its own when this is not given",
     )
     parser.add_argument("--image", required=True, help="JPEG or PNG sent with every request")

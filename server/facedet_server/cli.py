@@ -30,9 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         structlog.contextvars.bind_contextvars(
             role=server_config.role, process=os.environ.get("FACEDET_PROCESS_INDEX", "0")
         )
-    if server_config.role == "server" and (
-        server_config.processes > 1 or server_config.engine_process == "on"
-    ):
+    if config.supervises(server_config):
         from facedet_server import supervisor
 
         return supervisor.run(server_config, sys.argv[1:])

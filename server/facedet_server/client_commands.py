@@ -83,7 +83,8 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "--server",
         default=os.environ.get("FACEDET_SERVER", DEFAULT_SERVER),
         metavar="ADDR",
-        help=f"HOST:PORT or unix:///path.sock [env FACEDET_SERVER; default {DEFAULT_SERVER}]",
+        help="HOST:PORT, unix:///path.sock, or front ends to spread calls over (round_robin): "
+        f"ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock [env FACEDET_SERVER; default {DEFAULT_SERVER}]",
     )
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
     parser.add_argument("--min-confidence", type=float, default=0.0, help="0 = server default (0.5)")

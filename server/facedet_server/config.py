@@ -11,7 +11,7 @@ import argparse
 import copy
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -140,6 +140,23 @@ SETTINGS: tuple[Setting, ...] = (
         int,
     ),
     Setting(
+        "front_end_listen",
+        [],
+        "with --processes: an address of each front end's own, beside the shared --listen ones, "
+        "so clients can spread their calls over the front ends (gRPC round_robin over the list) "
+        "rather than rely on SO_REUSEPORT's hash of their connections, which can leave a front "
+        "end idle; {i} becomes the front end's index (unix:///run/facedet/front-end-{i}.sock), "
+        "and HOST:PORT without {i} means PORT+i; repeat for several (env: comma-separated)",
+        repeatable=True,
+    ),
+    Setting(
+        "front_end_index",
+        -1,
+        "which front end of --processes this process is (0..N-1, for --front-end-listen); set by "
+        "--processes for its children, -1 otherwise",
+        int,
+    ),
+    Setting(
         "engine_process",
         "auto",
         "with --processes: run the model once, in a separate engine process that every gRPC "
@@ -253,6 +270,8 @@ class ServerConfig:
     summary_interval: float = 60.0
     memory_trim_interval: float = 10.0
     processes: int = 1
+    front_end_listen: list[str] = field(default_factory=list)
+    front_end_index: int = -1
     engine_process: str = "auto"
     engines: int = 1
     role: str = "server"
@@ -357,7 +376,10 @@ def validate(config: ServerConfig) -> None:
         if setting.choices and getattr(config, setting.name) not in setting.choices:
             problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
-        problems.append("--processes > 1 needs TCP addresses only (a unix socket cannot be shared)")
+        problems.append(
+            "--processes > 1 needs TCP --listen addresses only (a unix socket cannot be shared; "
+            "give each front end its own with --front-end-listen unix:///path/front-end-{i}.sock)"
+        )
     if not 0 <= config.gil_switch_ms <= 1000:  # also false for NaN
         problems.append("gil_switch_ms must be in [0, 1000] (0 = automatic)")
     if not config.engine_timeout > 0:  # also false for NaN
@@ -372,6 +394,7 @@ def validate(config: ServerConfig) -> None:
         problems.append("--processes applies to --role server (it starts the engine and front ends)")
     if not config.listen:
         problems.append("at least one --listen address is needed")
+    problems += _front_end_problems(config)
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 
@@ -394,3 +417,79 @@ def resolve_automatic(config: ServerConfig, backend: str, device: str) -> Server
         f.name: getattr(automatic, f.name) for f in fields(AutomaticValues) if getattr(config, f.name) == 0
     }
     return replace(config, **filled)
+
+
+def supervises(config: ServerConfig) -> bool:
+    """Whether this `facedet serve` starts child processes (front ends, engines) and serves
+    nothing itself."""
+    return config.role == "server" and (config.processes > 1 or config.engine_process == "on")
+
+
+def front_end_addresses(templates: Sequence[str], index: int) -> list[str]:
+    """Front end `index`'s own addresses: {i} in a template becomes the index; a TCP HOST:PORT
+    without it becomes HOST:PORT+index, so `--front-end-listen 127.0.0.1:50070` gives front
+    ends 50070, 50071, ..."""
+    addresses = []
+    for template in templates:
+        if "{i}" in template:
+            addresses.append(template.replace("{i}", str(index)))
+        else:
+            host, port = _split_port(template)
+            addresses.append(f"{host}:{port + index}")
+    return addresses
+
+
+def listen_addresses(config: ServerConfig) -> list[str]:
+    """Every address this process serves on: the shared --listen ones, and its own as a front
+    end of --processes."""
+    if config.front_end_index < 0:
+        return list(config.listen)
+    return [*config.listen, *front_end_addresses(config.front_end_listen, config.front_end_index)]
+
+
+def _split_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _front_end_problems(config: ServerConfig) -> list[str]:
+    if not config.front_end_listen or config.role == "engine":  # an engine serves no gRPC
+        return []
+    if supervises(config):
+        indices = list(range(config.processes))
+    elif config.front_end_index >= 0:
+        indices = [config.front_end_index]
+    else:
+        return [
+            "--front-end-listen gives each front end of --processes an address of its own; with "
+            "one process, add the address to --listen"
+        ]
+    problems = []
+    for template in config.front_end_listen:
+        if "{i}" in template:
+            continue
+        if template.startswith("unix:"):
+            problems.append(
+                f"--front-end-listen {template}: a unix socket per front end needs {{i}} in its path"
+            )
+            continue
+        try:
+            _, port = _split_port(template)
+        except ValueError as exc:
+            problems.append(f"--front-end-listen: {exc} (nor a unix: address with {{i}})")
+            continue
+        if not 0 < port + min(indices) <= port + max(indices) <= 65535:
+            problems.append(f"--front-end-listen {template}: port {port} + front-end index is past 65535")
+    if problems:
+        return problems
+    shared = set(config.listen)
+    for index in indices:
+        clash = shared.intersection(front_end_addresses(config.front_end_listen, index))
+        if clash:
+            problems.append(
+                f"--front-end-listen gives front end {index} {', '.join(sorted(clash))}, "
+                "which --listen already has"
+            )
+    return problems

@@ -74,7 +74,8 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     try:
         shared = ["--reuse-port", "true"] if config.processes > 1 else []
-        fronts = [list(shared) for _ in range(config.processes)]
+        # Each front end knows its index: --front-end-listen gives it its own addresses.
+        fronts = [[*shared, "--front-end-index", str(i)] for i in range(config.processes)]
         if socket_dir is not None:
             names = [_engine_name(k, config.engines) for k in range(config.engines)]
             paths = [str(socket_dir / f"{name}.sock") for name in names]

@@ -40,7 +40,7 @@ class FaceDetectorClient(ClientDefaults):
         pixel_format: PixelFormat = "RGB",
     ) -> None:
         super().__init__(target, timeout=timeout, options=options, pixel_format=pixel_format)
-        self._channel = grpc.insecure_channel(target, options=make_channel_options(channel_options))
+        self._channel = grpc.insecure_channel(target, options=make_channel_options(channel_options, target))
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
 

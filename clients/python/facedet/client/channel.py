@@ -17,13 +17,27 @@ HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
-def channel_options(extra: ChannelOptions = ()) -> list[tuple[str, Any]]:
-    """Our defaults, then the caller's (gRPC takes the last value given for a key)."""
+def channel_options(extra: ChannelOptions = (), target: str = "") -> list[tuple[str, Any]]:
+    """Our defaults, then the caller's (gRPC takes the last value given for a key).
+
+    A `target` that lists several addresses (`ipv4:10.0.0.1:50070,10.0.0.1:50071`,
+    `unix:/run/facedet/front-end-0.sock,/run/facedet/front-end-1.sock`: the front ends of a
+    server with --front-end-listen) gets gRPC's round_robin, which sends each call or stream
+    to the next address; gRPC's default would send everything to the first."""
+    balancing = [("grpc.lb_policy_name", "round_robin")] if lists_several_addresses(target) else []
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *balancing,
         *extra,
     ]
+
+
+def lists_several_addresses(target: str) -> bool:
+    """Whether `target` names several addresses itself (gRPC's ipv4:, ipv6: and unix: schemes
+    take a comma-separated list)."""
+    scheme, _, addresses = target.partition(":")
+    return scheme in ("ipv4", "ipv6", "unix") and "," in addresses
 
 
 # grpc.health.v1 is two one-field messages; coding them here spares every user of the client
