@@ -38,7 +38,7 @@ start_server() {  # name, processes, extra serve flags... ; sets S (the pid), lo
 }
 
 bench() {  # facedet bench flags...: one client run against the server on port 50060, summary lines
-  timeout 60 $FD bench --server 127.0.0.1:50060 --image "$IMG" "$@" 2>&1 | grep -vE "$QUIET" | grep -E "img/s|latency|server ms|CPU"
+  timeout 60 $FD bench --server "${SERVER:-127.0.0.1:50060}" --image "$IMG" "$@" 2>&1 | grep -vE "$QUIET" | grep -E "img/s|latency|server ms|CPU"
 }
 
 bench_all() {  # open loop at 2,000 img/s, unary c=256, 128 streams x 8 frames
