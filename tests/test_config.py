@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 from facedet_server.config import (
     SETTINGS,
     ServerConfig,
+    Setting,
     add_arguments,
     from_args,
     front_end_addresses,
@@ -295,3 +297,17 @@ def test_only_a_front_end_of_processes_listens_on_its_own_addresses() -> None:
     # An engine serves no gRPC: the flag it inherits with the rest is not its concern.
     engine = parse(["--role", "engine", "--engine-socket", "/e", *flags])
     assert listen_addresses(engine) == ["0.0.0.0:50051"]
+
+
+def readme_row(setting: Setting) -> str:
+    default = ", ".join(setting.default) if isinstance(setting.default, list) else setting.default
+    shown = f"`{default}`" if default != "" else "(none)"
+    return f"| `{setting.flag}` | `{setting.env}` | {shown} | {setting.help} |"
+
+
+def test_the_readme_lists_every_setting_as_the_code_has_it() -> None:
+    """The README's settings table is the code's SETTINGS, row for row: a setting added, renamed
+    or re-documented without the table fails here."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `--")]
+    assert table == [readme_row(s) for s in SETTINGS]
