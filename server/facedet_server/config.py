@@ -455,6 +455,8 @@ def _split_port(address: str) -> tuple[str, int]:
 
 
 def _front_end_problems(config: ServerConfig) -> list[str]:
+    if config.front_end_index < -1:
+        return ["front_end_index must be >= 0, or -1 for a process that is no front end of --processes"]
     if not config.front_end_listen or config.role == "engine":  # an engine serves no gRPC
         return []
     if supervises(config):
