@@ -3,9 +3,11 @@ what docs/benchmarks.md is for)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_server import bench
 from facedet_server.cli import main
-from facedet_server.config import ServerConfig
+from facedet_server.config import ServerConfig, add_arguments, from_args
 
 SHARED = Path(os.environ.get("FACEDET_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 MODEL = Path(os.environ.get("FACEDET_MODEL") or SHARED / "models" / "yolov5n-0.5.onnx")
@@ -126,3 +128,25 @@ def test_compare_reruns_noisy_pairs(server: tuple[str, int], capsys: pytest.Capt
     result = json.loads(capsys.readouterr().out)
     assert len(result["discarded_as_noisy"]) == 4
     assert [row["runs"] for row in result["comparison"]] == [1]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ServerConfig(model="m.onnx"),
+        ServerConfig(
+            model="m.onnx",
+            max_batch=4,
+            processes=2,
+            front_end_listen=["unix:///tmp/fe-{i}.sock", "127.0.0.1:9000"],
+        ),
+    ],
+)
+def test_serve_argv_gives_back_the_same_configuration(config: ServerConfig) -> None:
+    """What `--compare` starts is the server it describes: the argv parses back into `config`
+    (every setting, lists included), on the address given."""
+    argv = bench.serve_argv(config, "127.0.0.1:1")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, {})
+    parsed = from_args(parser.parse_args(argv[argv.index("serve") + 1 :]))
+    assert parsed == replace(config, listen=["127.0.0.1:1"])

@@ -426,7 +426,12 @@ def serve_argv(config: server_config.ServerConfig, listen: str) -> list[str]:
     argv = [sys.executable, "-m", "facedet_server.cli", "serve", "--listen", listen]
     for setting in server_config.SETTINGS:
         value = getattr(config, setting.name)
-        if setting.name != "listen" and value is not None:
+        if setting.name == "listen" or value is None:
+            continue
+        if setting.repeatable:  # one flag per item; none for an empty list
+            for item in value:
+                argv += [setting.flag, str(item)]
+        else:
             argv += [setting.flag, str(value)]
     return argv
 
@@ -440,11 +445,19 @@ def spawned_server(config: server_config.ServerConfig, timeout: float = 120.0) -
         process = subprocess.Popen(serve_argv(config, target), stdout=log, stderr=subprocess.STDOUT)
         try:
             with FaceDetectorClient(target) as client:
-                try:
-                    client.wait_until_serving(timeout)
-                except FaceDetectorError as exc:
-                    log.seek(0)
-                    raise RuntimeError(f"the server did not start ({exc}); its log:\n{log.read()}") from None
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        client.wait_until_serving(min(1.0, max(deadline - time.monotonic(), 0.1)))
+                        break
+                    except FaceDetectorError as exc:
+                        # A server that exited (a bad flag) fails now, not after the timeout.
+                        if process.poll() is None and time.monotonic() < deadline:
+                            continue
+                        log.seek(0)
+                        raise RuntimeError(
+                            f"the server did not start ({exc}); its log:\n{log.read()}"
+                        ) from None
             yield target, process.pid
         finally:
             process.terminate()
