@@ -9,11 +9,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 timeout 200 python3 -m pytest tests/gpu/test_torch_backend.py -q -p no:cacheprovider -rA -s \
   2>&1 | tee "$OUT/gpu-tests.log" | grep -E "passed|failed|FAILED|^E |RSS" | tail -20
 timeout 100 bash trt_runtime/gpu_tests.sh 2>&1 | grep -E "passed|failed|skipped|error" | tail -8
-timeout 120 python3 -m facedet_server.gpu.bench_model --model "$FACEDET_MODEL" --modes graph \
+timeout 120 python3 -m facedet_bench.gpu_model --model "$FACEDET_MODEL" --modes graph \
   --json "$OUT/model-bench.json" 2>&1 | grep -v Warning | tee "$OUT/model-bench.log" | tail -12
-timeout 90 python3 -m facedet_server.gpu.bench_pipeline --model "$FACEDET_MODEL" --image "$IMG" \
+timeout 90 python3 -m facedet_bench.gpu_pipeline --model "$FACEDET_MODEL" --image "$IMG" \
   --batches 32,64,128 --duration 4 2>&1 | tee "$OUT/pipeline-bench.log" | grep -E "^batch|device|Error" | tail -6
-timeout 150 python3 -m facedet_server.cli bench --compare --model "$FACEDET_MODEL" --image "$IMG" \
+timeout 150 python3 -m facedet.cli bench --compare --model "$FACEDET_MODEL" --image "$IMG" \
   --concurrency 64,256 --duration 6 --warmup 3 "${GPU_SET[@]}" 2>&1 | tee "$OUT/grpc-unary.log" | tail -14
-timeout 120 python3 -m facedet_server.cli bench --compare --model "$FACEDET_MODEL" --image "$IMG" --stream \
+timeout 120 python3 -m facedet.cli bench --compare --model "$FACEDET_MODEL" --image "$IMG" --stream \
   --window 8 --concurrency 32,128 --duration 6 --warmup 3 "${GPU_SET[@]}" 2>&1 | tee "$OUT/grpc-stream.log" | tail -14

@@ -3,7 +3,7 @@
 # front-end processes), in-process service, pipeline and torch.compile model figures.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 SERVE=(--backend torch --max-batch 64 --batch-workers 2 --max-queue 4096 --stream-window 32 --log-level warning --summary-interval 0)
 wait_serving() { python3 - "$1" <<'PY'
 import sys, time, grpc
@@ -34,6 +34,6 @@ timeout 60 $FD bench --server 127.0.0.1:50052 --image "$IMG" --stream --window 8
 kill -TERM $S2; wait $S2
 timeout 100 $FD bench --in-process --model "$FACEDET_MODEL" --image "$IMG" --concurrency 64,256 --duration 5 --warmup 2 \
   --set backend=torch --set max_batch=64 --set batch_workers=2 --set max_queue=4096 2>&1 | grep -v Warn | tee "$OUT/inproc.log"
-timeout 90 python3 -m facedet_server.gpu.bench_pipeline --model "$FACEDET_MODEL" --image "$IMG" --batches 32,64 --duration 4 2>&1 | grep -E "^batch|device|Error" | tee "$OUT/pipeline.log"
-timeout 100 python3 -m facedet_server.gpu.bench_model --model "$FACEDET_MODEL" --modes compile --batches 32,128 --shapes 640x384 2>&1 | grep -E "img/s|device" | tee "$OUT/compile.log"
+timeout 90 python3 -m facedet_bench.gpu_pipeline --model "$FACEDET_MODEL" --image "$IMG" --batches 32,64 --duration 4 2>&1 | grep -E "^batch|device|Error" | tee "$OUT/pipeline.log"
+timeout 100 python3 -m facedet_bench.gpu_model --model "$FACEDET_MODEL" --modes compile --batches 32,128 --shapes 640x384 2>&1 | grep -E "img/s|device" | tee "$OUT/compile.log"
 tail -5 "$OUT/server1.log" "$OUT/server2.log"

@@ -2,7 +2,7 @@
 # GPU machine, call D: p99 at 2,000 img/s offered (open loop) against two torch-CUDA processes.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 $FD serve --model "$FACEDET_MODEL" --listen 127.0.0.1:50052 --processes 2 --backend torch --max-batch 64 \
   --batch-workers 2 --max-queue 4096 --stream-window 32 --log-level warning --summary-interval 0 > "$OUT/server.log" 2>&1 &
 S=$!

@@ -3,7 +3,7 @@
 # and threads, the in-process service, and gRPC with several front-end processes.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor FACEDET_HOME=/tmp/fdhome
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 wait_ready() {  # log file, processes: every process logs "serving" once it has warmed up
@@ -12,8 +12,8 @@ wait_ready() {  # log file, processes: every process logs "serving" once it has 
     sleep 1
   done; echo "not ready"; tail -5 "$1"; return 1
 }
-timeout 150 python3 -m facedet_server.gpu.bench_model --model "$FACEDET_MODEL" --modes graph --compile-mode default --batches 2,32,64,128 --shapes 640x384,640x640 --json "$OUT/model-inductor.json" 2>&1 | grep -E "img/s|device|Error|error|warm-up" | tee "$OUT/model.log"
-timeout 150 python3 -m facedet_server.gpu.bench_stages --model "$FACEDET_MODEL" --image "$IMG" --batch 64 --compile-mode default --json "$OUT/stages.json" 2>&1 | grep -E "ms|img/s|device|Error" | tee "$OUT/stages.log"
+timeout 150 python3 -m facedet_bench.gpu_model --model "$FACEDET_MODEL" --modes graph --compile-mode default --batches 2,32,64,128 --shapes 640x384,640x640 --json "$OUT/model-inductor.json" 2>&1 | grep -E "img/s|device|Error|error|warm-up" | tee "$OUT/model.log"
+timeout 150 python3 -m facedet_bench.gpu_stages --model "$FACEDET_MODEL" --image "$IMG" --batch 64 --compile-mode default --json "$OUT/stages.json" 2>&1 | grep -E "ms|img/s|device|Error" | tee "$OUT/stages.log"
 for W in 3; do
 timeout 120 $FD bench --in-process --model "$FACEDET_MODEL" --image "$IMG" --concurrency 256 --duration 6 --warmup 2 \
   --set backend=torch --set max_batch=64 --set batch_workers=$W --set max_queue=4096 2>&1 | grep -v Warn | tail -8 | tee -a "$OUT/inproc.log"

@@ -3,7 +3,7 @@
 # front-end processes through gRPC.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 QUIET='^W1|pow_by_natural|Warn'
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 wait_ready() {  # log file, processes: every process logs "serving" once it has warmed up

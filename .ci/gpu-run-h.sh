@@ -3,7 +3,7 @@
 # in-process service with three inference threads.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 timeout 400 python3 -m pytest -q -rs -s tests/gpu/test_torch_backend.py > "$OUT/tests-full.log" 2>&1
 grep -vE "^W1|pow_by_natural" "$OUT/tests-full.log" | grep -E "passed|failed|Error|assert|host RSS|SKIP" | tail -15

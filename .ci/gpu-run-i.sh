@@ -3,7 +3,7 @@
 # (unary and stream throughput, p99 at 2,000 img/s offered), compiled model.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 QUIET='^W1|pow_by_natural|Warn'
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 wait_ready() {

@@ -4,7 +4,7 @@
 # against 4 whole pipelines after the same load.
 source .ci/gpu-setup.sh
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 QUIET='^W1|pow_by_natural|Warn'
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 timeout 420 python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "not memory_growth" > "$OUT/tests.log" 2>&1

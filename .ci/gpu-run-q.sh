@@ -20,6 +20,6 @@ PYNVIMGCODEC_VERBOSITY=1 timeout 150 python3 -m pytest -q -s -rs -p no:cacheprov
 grep -vE "$QUIET" "$OUT/tests-jpeg.log" | grep -E "passed|failed|Error|assert|SKIP|^(torchvision|nvimgcodec|both) " | tail -15
 for dec in ${DECODERS:-both nvimgcodec torchvision}; do
   echo "=== bench_stages --gpu-decode $dec"
-  PYNVIMGCODEC_VERBOSITY=1 timeout 150 python3 -m facedet_server.gpu.bench_stages --model "$FACEDET_MODEL" --image "$IMG" \
+  PYNVIMGCODEC_VERBOSITY=1 timeout 150 python3 -m facedet_bench.gpu_stages --model "$FACEDET_MODEL" --image "$IMG" \
     --batch 64 --compile-mode default --gpu-decode $dec --json "$OUT/stages-$dec.json" 2>&1 | grep -vE "$QUIET" | tail -12
 done

@@ -15,6 +15,6 @@ timeout 150 python3 -m pytest -q -s -rs -p no:cacheprovider tests/gpu/test_jpeg_
 grep -vE "$QUIET" "$OUT/tests-jpeg.log" | grep -E "passed|failed|Error|assert|SKIP|^(torchvision|hardware|both) " | tail -15
 for dec in ${DECODERS:-hardware both torchvision}; do
   echo "=== bench_stages --gpu-decode $dec"
-  timeout 150 python3 -m facedet_server.gpu.bench_stages --model "$FACEDET_MODEL" --image "$IMG" \
+  timeout 150 python3 -m facedet_bench.gpu_stages --model "$FACEDET_MODEL" --image "$IMG" \
     --batch 64 --compile-mode default --gpu-decode $dec --json "$OUT/stages-$dec.json" 2>&1 | grep -vE "$QUIET" | tail -12
 done

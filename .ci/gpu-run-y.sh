@@ -4,10 +4,10 @@
 # for the letterbox that sums uint8 blocks (this tree) and the one before it (.devcarry/
 # ops_before.py: frames converted to float, then pooled); then the default engine configuration
 # through gRPC, and the same with the engine merging front ends' batches up to 128 images.
-# Ran at commit d769bbc; .devcarry/ops_before.py is `git show d362e1b:server/facedet_server/gpu/ops.py`.
+# Ran at commit d769bbc; .devcarry/ops_before.py is `git show d362e1b:server/facedet_server/tensor/gpu_letterbox.py`.
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-BUSY="python3 -m facedet_server.gpu.bench_busy --model $FACEDET_MODEL --image $IMG --threads 3 --seconds 2.5"
+BUSY="python3 -m facedet_bench.gpu_busy --model $FACEDET_MODEL --image $IMG --threads 3 --seconds 2.5"
 echo "=== bench_busy, this tree"
 timeout 200 $BUSY --batches 64,128 --json "$OUT/busy-new.json" 2>&1 | grep -vE "$QUIET"
 rm -rf /tmp/before && cp -r server /tmp/before && cp .devcarry/ops_before.py /tmp/before/facedet_server/gpu/ops.py

@@ -10,7 +10,7 @@ exec > >(tee "$OUT/run.log") 2>&1
 source .ci/gpu-setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 echo "=== bench_busy, batch 64, 3 threads: whole batches per thread, then staged"
-timeout 240 python3 -m facedet_server.gpu.bench_busy --model "$FACEDET_MODEL" --image "$IMG" --threads 3 \
+timeout 240 python3 -m facedet_bench.gpu_busy --model "$FACEDET_MODEL" --image "$IMG" --threads 3 \
   --seconds 2.5 --batches 64 --modes threads,staged,threads --json "$OUT/busy.json" 2>&1 | grep -vE "$QUIET"
 ENGINE_LINES=2 run_config decode-thread 4 --batch-workers 3
 ENGINE_LINES=2 run_config no-decode-thread 4 --batch-workers 3 --engine-decode-thread off

@@ -11,7 +11,7 @@ fi
 if ls .nvwhl/*.whl >/dev/null 2>&1; then  # nvJPEG (and nvImageCodec in run Q)
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .nvwhl/*.whl
 fi
-export PYTHONPATH=/tmp/site:$PWD/clients/python:$PWD/server:$PWD/converter:$PWD/trt_runtime
+export PYTHONPATH=/tmp/site:$PWD/clients/python:$PWD/server:$PWD/converter:$PWD/trt_runtime:$PWD/tools:$PWD/tests
 export FACEDET_SHARED=$PWD/.devcarry/shared
 export FACEDET_MODEL=$FACEDET_SHARED/models/yolov5n-0.5.onnx
 export PYTHONUNBUFFERED=1
@@ -19,7 +19,7 @@ set +e
 
 # Shared by the benchmark scripts (gpu-run-j.sh on).
 IMG="$FACEDET_SHARED/images/zidane.jpg"
-FD="python3 -m facedet_server.cli"
+FD="python3 -m facedet.cli"
 QUIET='^W1|pow_by_natural|Warn'  # torch compile chatter
 SPY=$(command -v py-spy || echo /tmp/site/bin/py-spy)
 

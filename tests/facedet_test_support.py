@@ -78,7 +78,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def facedet_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "facedet_server.cli", *args]
+    return [sys.executable, "-m", "facedet.cli", *args]
 
 
 def grpcurl_path() -> Path:

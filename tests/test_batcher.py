@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
-from facedet_server.batcher import Batcher, BatcherConfig
 from facedet_server.errors import Code, Overloaded, Unavailable
+from facedet_server.serving.batcher import Batcher, BatcherConfig
 
 T = TypeVar("T")
 

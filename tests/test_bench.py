@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from facedet.cli import main
 from facedet.v1 import face_detector_pb2 as pb
-from facedet_server import bench
-from facedet_server.cli import main
-from facedet_server.config import ServerConfig, add_arguments, from_args
+from facedet_bench import load as bench
+from facedet_server.app.config import ServerConfig, add_arguments, from_args
 
 SHARED = Path(os.environ.get("FACEDET_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 MODEL = Path(os.environ.get("FACEDET_MODEL") or SHARED / "models" / "yolov5n-0.5.onnx")

@@ -1,4 +1,4 @@
-"""The pure parts of the GPU profiling benchmark (`facedet_server.gpu.bench_busy`): the busy
+"""The pure parts of the GPU profiling benchmark (`facedet_bench.gpu_busy`): the busy
 share of overlapping GPU intervals, and kernel names grouped by stem."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the GPU benchmarks import PyTorch (make test installs the CPU build)")
 
-from facedet_server.gpu.bench_busy import busy_fraction, gpu_events, kernel_stem
+from facedet_bench.gpu_busy import busy_fraction, gpu_events, kernel_stem
 
 
 def test_busy_fraction_counts_overlaps_once_and_gaps_not_at_all() -> None:

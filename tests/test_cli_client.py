@@ -13,9 +13,9 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from facedet.cli import main
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from facedet_server.cli import main
 from facedet_test_support import SHARED, ServerFactory, free_port
 from google.protobuf.json_format import MessageToDict
 
@@ -122,7 +122,7 @@ def test_detect_failures(server: tuple[str, str], tmp_path: Path, capsys: pytest
 def test_detect_command_line_and_env_server(server: tuple[str, str]) -> None:
     env = {**os.environ, "FACEDET_SERVER": server[1]}
     done = subprocess.run(
-        [sys.executable, "-m", "facedet_server.cli", "detect", str(BUS)],
+        [sys.executable, "-m", "facedet.cli", "detect", str(BUS)],
         env=env,
         capture_output=True,
         check=False,

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from facedet_server.config import (
+from facedet_server.app.config import (
     SETTINGS,
     ServerConfig,
     Setting,

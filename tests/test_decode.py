@@ -10,7 +10,8 @@ import struct
 import numpy as np
 import pytest
 import simplejpeg
-from facedet_server.decode import (
+from facedet_server.errors import Code, InvalidImage
+from facedet_server.image.decode import (
     check_pixels,
     dct_scale_for,
     decode_encoded,
@@ -18,8 +19,7 @@ from facedet_server.decode import (
     decode_png,
     decode_raw,
 )
-from facedet_server.errors import Code, InvalidImage
-from facedet_server.letterbox import letterbox
+from facedet_server.tensor.letterbox import letterbox
 from PIL import Image
 
 BIG = 100_000_000
@@ -295,8 +295,8 @@ def test_too_many_pixels_is_refused_from_the_header_before_decoding(monkeypatch:
     data = bytearray(small_jpeg())
     sof = sof_offset(bytes(data))
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)  # height, width in SOF0
-    monkeypatch.setattr("facedet_server.decode.simplejpeg.decode_jpeg", no_decoding)
-    monkeypatch.setattr("facedet_server.decode.cv2.imdecode", no_decoding)
+    monkeypatch.setattr("facedet_server.image.decode.simplejpeg.decode_jpeg", no_decoding)
+    monkeypatch.setattr("facedet_server.image.decode.cv2.imdecode", no_decoding)
     error = expect_invalid("over the server limit", decode_encoded, bytes(data), 50_000_000)
     assert "60000x60000" in error.message and "50.0 Mpx" in error.message
     png = bytearray(pil_bytes(Image.new("RGB", (30, 20)), "PNG"))

@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 import pytest
 import simplejpeg
-from facedet_server import detector as detector_module
-from facedet_server.backends.onnxruntime import OnnxRuntimeBackend
-from facedet_server.decode import DecodedImage, decode_encoded
-from facedet_server.detector import (
+from facedet_server.errors import DetectError, InvalidImage
+from facedet_server.faces.options import Options
+from facedet_server.image.decode import DecodedImage, decode_encoded
+from facedet_server.model.spec import ModelSpec
+from facedet_server.pipeline import host as detector_module
+from facedet_server.pipeline.host import (
     Detection,
     Detector,
     EncodedImage,
@@ -23,9 +25,7 @@ from facedet_server.detector import (
     Prepared,
     RawFrame,
 )
-from facedet_server.errors import DetectError, InvalidImage
-from facedet_server.model_spec import ModelSpec
-from facedet_server.options import Options
+from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend
 
 
 def shared_dir() -> Path:

@@ -31,16 +31,16 @@ import pytest
 from facedet.client import FaceDetectorClient
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from facedet_server import supervisor
-from facedet_server.config import ServerConfig
-from facedet_server.detector import Detection, EncodedImage, HostPreparer, Limits, Prepared, Timing
+from facedet_server.app import supervisor
+from facedet_server.app.config import ServerConfig
 from facedet_server.engine.protocol import BatchDone, RunBatch
 from facedet_server.engine.server import _Connection, _Job, _JobQueue
 from facedet_server.engine.wire import ConnectionClosed, recv_message, send_message
 from facedet_server.errors import Code, InvalidImage
-from facedet_server.gpu.prepare import GpuPrepared
-from facedet_server.model_spec import UPSTREAM_YOLOV5N_05
-from facedet_server.options import Options
+from facedet_server.faces.options import Options
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05
+from facedet_server.pipeline.gpu_prepare import GpuPrepared
+from facedet_server.pipeline.host import Detection, EncodedImage, HostPreparer, Limits, Prepared, Timing
 from facedet_test_support import (
     EXPECTED_FACES,
     MODEL,
@@ -388,7 +388,7 @@ class Raw(io.RawIOBase):
 # What `python -u` / PYTHONUNBUFFERED=1 (the Dockerfile sets it) makes of stderr.
 sys.stderr = io.TextIOWrapper(Raw(), write_through=True)
 import structlog
-from facedet_server.logs import configure_logging
+from facedet_server.app.logs import configure_logging
 configure_logging("json")
 structlog.get_logger().info("first", role="engine")
 structlog.get_logger().info("second", role="frontend")

@@ -11,16 +11,12 @@ torch = pytest.importorskip(
     "torch", reason="the GPU path's ops need PyTorch (make test installs the CPU build)"
 )
 
-from facedet_server.faces import select_faces  # noqa: E402
-from facedet_server.gpu.ops import (  # noqa: E402
-    area_resize,
-    batched_nms,
-    letterbox_into,
-    select_faces_batch,
-)
-from facedet_server.letterbox import letterbox  # noqa: E402
-from facedet_server.nms import nms  # noqa: E402
-from facedet_server.options import Options  # noqa: E402
+from facedet_server.faces.gpu_select import batched_nms, select_faces_batch  # noqa: E402
+from facedet_server.faces.nms import nms  # noqa: E402
+from facedet_server.faces.options import Options  # noqa: E402
+from facedet_server.faces.select import select_faces  # noqa: E402
+from facedet_server.tensor.gpu_letterbox import area_resize, letterbox_into  # noqa: E402
+from facedet_server.tensor.letterbox import letterbox  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -80,7 +76,7 @@ def test_batched_nms_keeps_groups_apart_and_matches_numpy() -> None:
 
 
 def test_select_faces_batch_matches_select_faces() -> None:
-    from facedet_server.letterbox import Letterbox
+    from facedet_server.tensor.letterbox import Letterbox
 
     rng = np.random.default_rng(2)
     batch = np.stack([_random_candidates(rng, 2000) for _ in range(3)])
@@ -98,7 +94,7 @@ def test_select_faces_batch_matches_select_faces() -> None:
 
 
 def test_letterbox_batch_equals_letterbox_into_per_image() -> None:
-    from facedet_server.gpu.ops import letterbox_batch
+    from facedet_server.tensor.gpu_letterbox import letterbox_batch
 
     rng = np.random.default_rng(5)
     sizes = [(720, 1280), (720, 1280), (480, 640), (1080, 810), (720, 1280)]

@@ -13,13 +13,13 @@ torch = pytest.importorskip(
     "torch", reason="the GPU pipeline needs PyTorch (make test installs the CPU build)"
 )
 
-from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
-from facedet_server.detector import Detector, EncodedImage, Limits, RawFrame  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
-from facedet_server.gpu.detector import GpuDetector  # noqa: E402
-from facedet_server.gpu.prepare import GpuPreparer  # noqa: E402
-from facedet_server.options import Options  # noqa: E402
+from facedet_server.faces.options import Options  # noqa: E402
+from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
+from facedet_server.pipeline.gpu_prepare import GpuPreparer  # noqa: E402
+from facedet_server.pipeline.host import Detector, EncodedImage, Limits, RawFrame  # noqa: E402
+from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes, require  # noqa: E402
 
 
@@ -88,8 +88,8 @@ def test_prepare_inline_checks_only_the_header_and_leaves_the_rest_to_the_pool(
 
 
 def test_gpu_decode_choices_are_checked_and_on_says_why_it_cannot() -> None:
-    from facedet_server.config import SETTINGS
-    from facedet_server.gpu.jpeg import CHOICES, make_jpeg_decoder
+    from facedet_server.app.config import SETTINGS
+    from facedet_server.image.nvjpeg import CHOICES, make_jpeg_decoder
 
     (setting,) = [s for s in SETTINGS if s.name == "gpu_decode"]
     assert setting.choices == CHOICES  # the CLI offers exactly what the pipeline understands

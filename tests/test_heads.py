@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from facedet_server.heads import CANDIDATE_WIDTH, decode_head, decode_heads
-from facedet_server.model_spec import UPSTREAM_YOLOV5N_05, YOLOV5_FACE_ANCHORS, ModelSpec
+from facedet_server.faces.heads import CANDIDATE_WIDTH, decode_head, decode_heads
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05, YOLOV5_FACE_ANCHORS, ModelSpec
 
 
 def sigmoid(v: float) -> float:

@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from facedet_server.letterbox import Letterbox, input_shape_for, letterbox, to_tensor
+from facedet_server.tensor.letterbox import Letterbox, input_shape_for, letterbox, to_tensor
 
 PAD = 114
 

@@ -16,7 +16,7 @@ import pytest
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server import __version__
-from facedet_server.config import SETTINGS
+from facedet_server.app.config import SETTINGS
 from facedet_test_support import (
     CHANNEL_OPTIONS,
     EXPECTED_FACES,

@@ -1,4 +1,4 @@
-"""Heap trimming (`facedet_server.memory`): freed memory goes back to the OS, so RSS follows
+"""Heap trimming (`facedet_server.app.memory`): freed memory goes back to the OS, so RSS follows
 what is live rather than the largest burst."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from facedet_server.memory import start_trim_thread, trim_heap, trim_periodically
+from facedet_server.app.memory import start_trim_thread, trim_heap, trim_periodically
 from facedet_test_support import rss_kib
 
 MIB = 1024

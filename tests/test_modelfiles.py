@@ -12,8 +12,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from facedet_server import modelfiles
-from facedet_server.modelfiles import REGISTRY, ModelFileError, download, pull, resolve_model
+from facedet_server.model import files as modelfiles
+from facedet_server.model.files import REGISTRY, ModelFileError, download, pull, resolve_model
 from facedet_test_support import MODEL, free_port, run_cli
 
 NAME = "yolov5n-0.5"

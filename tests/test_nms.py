@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from facedet_server import faces as faces_module
-from facedet_server.faces import select_faces
-from facedet_server.letterbox import Letterbox
-from facedet_server.nms import box_iou, nms
-from facedet_server.options import Options
+from facedet_server.faces import select as faces_module
+from facedet_server.faces.nms import box_iou, nms
+from facedet_server.faces.options import Options
+from facedet_server.faces.select import select_faces
+from facedet_server.tensor.letterbox import Letterbox
 
 
 def iou_reference(a: list[float], b: list[float]) -> float:

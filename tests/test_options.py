@@ -7,7 +7,7 @@ import math
 
 import pytest
 from facedet_server.errors import Code, InvalidOptions
-from facedet_server.options import Options, resolve_options
+from facedet_server.faces.options import Options, resolve_options
 
 DEFAULTS = Options(min_confidence=0.4, iou_threshold=0.45, max_faces=200, min_face_size=12.0)
 

@@ -11,8 +11,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from facedet_server.model_spec import UPSTREAM_YOLOV5N_05, ModelSpec
-from facedet_trt.engine import Engine, EngineError, TensorInfo, normalize_dtype
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05, ModelSpec
+from facedet_trt.plan import Engine, EngineError, TensorInfo, normalize_dtype
 from facedet_trt.sidecar import (
     SCHEMA_VERSION,
     EngineMismatch,
@@ -25,8 +25,8 @@ from facedet_trt.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from facedet_trt.testing import fake_plan, fake_tensorrt, sidecar_for
 from facedet_trt.trt_module import is_lean, load_tensorrt, tensorrt_version
+from fake_tensorrt import fake_plan, fake_tensorrt, sidecar_for
 
 
 def make_sidecar(**overrides: object) -> EngineSidecar:
@@ -352,7 +352,7 @@ def test_trt_module_shim(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_spec_and_device_helpers() -> None:
-    backend = pytest.importorskip("facedet_trt.backend")
+    backend = pytest.importorskip("facedet_server.runtime.tensorrt")
     sidecar = make_sidecar()
     assert backend.spec_from_sidecar(sidecar) == UPSTREAM_YOLOV5N_05
     assert backend.parse_device("cuda:1") == 1

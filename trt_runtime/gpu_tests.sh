@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOGDIR=${OUT:-$(mktemp -d)}
 mkdir -p "$LOGDIR"
-export PYTHONPATH="$PWD/trt_runtime:$PWD/server${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/trt_runtime:$PWD/server:$PWD/converter:$PWD/clients/python:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"
 
 if ! "$PY" -c "import pytest, numpy" 2>/dev/null; then
     echo "error: $PY lacks pytest or numpy; install them (or set PYTHON=...)" >&2

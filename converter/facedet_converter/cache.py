@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facedet_server.modelfiles import exported_path, sha256_of
+from facedet_server.model.files import exported_path, sha256_of
 
 from facedet_converter import __version__
 
 
 def is_current(exported: Path, source_sha256: str) -> bool:
     """True when `exported` is a complete export of that source by this converter version."""
-    from facedet_converter.onnx_metadata import read_spec
+    from facedet_server.model.onnx_metadata import read_spec
 
     if not exported.is_file():
         return False

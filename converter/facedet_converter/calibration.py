@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from facedet_server.decode import decode_encoded
 from facedet_server.errors import InvalidImage
-from facedet_server.letterbox import letterbox, to_tensor
+from facedet_server.image.decode import decode_encoded
+from facedet_server.tensor.letterbox import letterbox, to_tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_PIXELS = 100_000_000

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from facedet_server.model_spec import ModelSpec
-from facedet_server.modelfiles import facedet_home, sha256_of
+from facedet_server.model.files import facedet_home, sha256_of
+from facedet_server.model.spec import ModelSpec
 from facedet_trt.sidecar import EngineSidecar, Profile, parse_version
 
 Shape4 = tuple[int, int, int, int]

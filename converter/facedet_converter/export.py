@@ -1,5 +1,5 @@
 """ONNX export of our model: dynamic batch, height and width, decoding inside the graph, and the
-model's description in `metadata_props` (facedet_server.model_spec.ModelSpec).
+model's description in `metadata_props` (facedet_server.model.spec.ModelSpec).
 
 The graph takes `images` (N, 3, H, W) float32, RGB scaled to 0..1 and letterboxed with gray 114,
 H and W multiples of the largest stride (32; 64 for the P6 models), and gives `candidates`
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import tempfile
@@ -26,39 +25,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from facedet_server.model_spec import BUILTIN_SPECS, ModelSpec
-from facedet_server.modelfiles import sha256_of
+from facedet_nn.model import DecodedYoloFace, YoloFace
+from facedet_server.model.files import sha256_of
+from facedet_server.model.network import (
+    INPUT_NAME,
+    MAX_SIDE,
+    OUTPUT_LAYOUT,
+    OUTPUT_NAME,
+    describe_source,
+    network_spec,
+    size_multiple,
+)
+from facedet_server.model.onnx_metadata import read_spec
+from facedet_server.model.spec import ModelSpec
 from torch import nn
 
 from facedet_converter import __version__
-from facedet_converter.model import DecodedYoloFace, YoloFace
-from facedet_converter.onnx_metadata import read_spec
 
 __all__ = ["check_onnx", "export_from_upstream_onnx", "export_onnx", "model_spec", "read_spec"]
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "candidates"
 # torch's exporter writes opset 18 natively. Asking it for 17 runs ONNX's version converter,
 # which leaves opset-18 attributes (Split's num_outputs) behind and fails the checker, so 18 is
 # the floor. TensorRT 10+ and ONNX Runtime >= 1.14 read opset 18.
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-MAX_SIDE = 1920
 MAX_BATCH = 1024
-
-OUTPUT_LAYOUT = (
-    "candidates: (N, K, 15) float32 rows [cx, cy, w, h, score, lx0, ly0, lx1, ly1, lx2, ly2, lx3, ly3, "
-    "lx4, ly4] in network-input pixels, before thresholding and NMS; score = sigmoid(obj) * sigmoid(face); "
-    "landmarks: left eye, right eye, nose, mouth left, mouth right"
-)
 
 
 class ExportCheckError(RuntimeError):
     """The exported file does not reproduce the PyTorch model."""
-
-
-def size_multiple(model: YoloFace) -> int:
-    return max(model.strides)
 
 
 def model_spec(
@@ -70,22 +65,8 @@ def model_spec(
     opset: int = DEFAULT_OPSET,
 ) -> ModelSpec:
     """What the server needs to know about the exported file; travels in its metadata."""
-    multiple = size_multiple(model)
-    return ModelSpec(
-        name=model.config.name,
-        strides=model.strides,
-        anchors=model.anchors,
-        input_name=INPUT_NAME,
-        output_names=(OUTPUT_NAME,),
-        output_kind="decoded",
-        num_landmarks=model.num_landmarks,
-        input_height=None,
-        input_width=None,
-        batch_size=None,
-        size_multiple=multiple,
-        color_order="RGB",
-        scale=1.0 / 255.0,
-        pad_value=114,
+    return network_spec(
+        model,
         source=source,
         source_sha256=source_sha256,
         extra={
@@ -93,20 +74,8 @@ def model_spec(
             "torch": torch.__version__.split("+")[0],
             "onnx_opset": str(opset),
             "precision": precision,
-            "config": json.dumps(model.config.to_dict(), separators=(",", ":")),
-            "input_layout": (
-                f"{INPUT_NAME}: (N, 3, H, W) float32, RGB, value/255, letterboxed with gray 114; H and W "
-                f"multiples of {multiple} from {multiple} to {MAX_SIDE}"
-            ),
-            "output_layout": OUTPUT_LAYOUT,
         },
     )
-
-
-def describe_source(path: Path, sha256: str) -> str:
-    """A known upstream file is named by where it comes from, anything else by its file name."""
-    known = BUILTIN_SPECS.get(sha256)
-    return known.source if known is not None else path.name
 
 
 class _HalfPrecision(nn.Module):
@@ -286,7 +255,7 @@ def check_onnx(
 def export_from_upstream_onnx(src: Path, dst: Path, *, check: bool = True) -> Path:
     """Import the weights of an upstream ONNX export (e.g. the pulled yolov5n-0.5.onnx) into our
     model and export our dynamic-shape ONNX to `dst`, checked against PyTorch in ONNX Runtime."""
-    from facedet_converter.onnx_import import import_onnx
+    from facedet_nn.onnx_weights import import_onnx
 
     src, dst = Path(src), Path(dst)
     model = import_onnx(src)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from facedet_server.model_spec import ModelSpec
+from facedet_server.model.spec import ModelSpec
 from facedet_trt.sidecar import EngineSidecar, write_sidecar
 
 from facedet_converter.calibration import CalibrationData

@@ -37,8 +37,8 @@ def upstream_session(upstream_onnx: Path) -> Any:
 @pytest.fixture(scope="session")
 def letterboxed_samples() -> list[tuple[str, np.ndarray]]:
     """The shared sample images as the server feeds them to a 640x640 model: (1, 3, 640, 640)."""
-    from facedet_server.decode import decode_encoded
-    from facedet_server.letterbox import letterbox, to_tensor
+    from facedet_server.image.decode import decode_encoded
+    from facedet_server.tensor.letterbox import letterbox, to_tensor
 
     out = []
     for name in SAMPLE_IMAGES:
@@ -53,7 +53,7 @@ def letterboxed_samples() -> list[tuple[str, np.ndarray]]:
 @pytest.fixture(scope="session")
 def imported(upstream_onnx: Path) -> Any:
     pytest.importorskip("torch")
-    from facedet_converter.onnx_import import import_onnx
+    from facedet_nn.onnx_weights import import_onnx
 
     return import_onnx(upstream_onnx)
 

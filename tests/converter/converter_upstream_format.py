@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from facedet_converter import blocks
-from facedet_converter.model import YoloFace
+from facedet_nn import blocks
+from facedet_nn.model import YoloFace
 from torch import nn
 
 

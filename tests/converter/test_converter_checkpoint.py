@@ -16,14 +16,14 @@ torch = pytest.importorskip("torch")
 
 from converter_testdata import TINY_LAYERS  # noqa: E402
 from converter_upstream_format import randomize_batch_norm, upstream_modules, write_checkpoint  # noqa: E402
-from facedet_converter.checkpoint import (  # noqa: E402
+from facedet_nn.checkpoint import (  # noqa: E402
     CheckpointError,
     UnsafeCheckpointError,
     import_checkpoint,
     load_pickle,
 )
-from facedet_converter.configs import ModelConfig, get_config  # noqa: E402
-from facedet_converter.model import YoloFace  # noqa: E402
+from facedet_nn.configs import ModelConfig, get_config  # noqa: E402
+from facedet_nn.model import YoloFace  # noqa: E402
 
 
 def half_rounded(model: YoloFace) -> YoloFace:

@@ -20,18 +20,19 @@ from converter_testdata import TINY_LAYERS  # noqa: E402
 from converter_upstream_format import write_checkpoint  # noqa: E402
 from facedet_converter import __version__  # noqa: E402
 from facedet_converter.cache import exported_model, is_current  # noqa: E402
-from facedet_converter.configs import ModelConfig  # noqa: E402
-from facedet_converter.export import INPUT_NAME, OUTPUT_NAME, check_onnx, read_spec  # noqa: E402
-from facedet_converter.loading import load_weights  # noqa: E402
-from facedet_converter.model import DecodedYoloFace, YoloFace  # noqa: E402
-from facedet_server.heads import decode_heads  # noqa: E402
-from facedet_server.model_spec import (  # noqa: E402
+from facedet_converter.export import check_onnx, read_spec  # noqa: E402
+from facedet_nn.configs import ModelConfig  # noqa: E402
+from facedet_nn.model import DecodedYoloFace, YoloFace  # noqa: E402
+from facedet_server.faces.heads import decode_heads  # noqa: E402
+from facedet_server.model.files import exported_path  # noqa: E402
+from facedet_server.model.network import INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from facedet_server.model.spec import (  # noqa: E402
     UPSTREAM_YOLOV5N_05,
     UPSTREAM_YOLOV5N_05_SHA256,
     ModelSpec,
     resolve_spec,
 )
-from facedet_server.modelfiles import exported_path  # noqa: E402
+from facedet_server.runtime.torch_model import load_network as load_weights  # noqa: E402
 
 
 def test_export_is_valid_onnx_with_dynamic_axes(exported: Path) -> None:
@@ -108,7 +109,7 @@ def test_metadata_round_trip(exported: Path, upstream_onnx: Path) -> None:
 
 
 def test_cpu_server_backend_serves_the_export(exported: Path) -> None:
-    from facedet_server.backends.onnxruntime import OnnxRuntimeBackend
+    from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(exported, intra_op_threads=1)
     assert backend.spec.dynamic_batch and backend.spec.dynamic_shape
@@ -139,7 +140,7 @@ def test_convert_cli_float16_export_of_a_custom_config_checkpoint(
 ) -> None:
     """`facedet convert` on a small custom-config upstream checkpoint, writing the float16 export
     that TensorRT 11 builds FP16 engines from (the float32 path is the session's export)."""
-    from facedet_server.cli import main
+    from facedet.cli import main
 
     torch.manual_seed(0)
     model = YoloFace(ModelConfig.from_dict(TINY_LAYERS, "tiny")).eval()
@@ -172,7 +173,7 @@ def test_convert_cli_float16_export_of_a_custom_config_checkpoint(
 def test_convert_cli_usage_errors(
     tmp_path: Path, upstream_onnx: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from facedet_server.cli import main
+    from facedet.cli import main
 
     assert main(["convert", "--weights", str(upstream_onnx)]) == 2
     assert "nothing to do" in capsys.readouterr().err
@@ -187,7 +188,7 @@ def test_engine_without_tensorrt_is_refused_up_front(
 ) -> None:
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("the TensorRT builder is installed here")
-    from facedet_server.cli import main
+    from facedet.cli import main
 
     code = main(["convert", "--weights", str(upstream_onnx), "--engine", str(tmp_path / "m.plan"), "--fp16"])
     assert code == 1

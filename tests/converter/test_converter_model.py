@@ -10,14 +10,14 @@ torch = pytest.importorskip("torch")
 
 from converter_testdata import TINY_LAYERS  # noqa: E402
 from converter_upstream_format import randomize_batch_norm  # noqa: E402
-from facedet_converter.configs import CONFIGS, ModelConfig, get_config  # noqa: E402
-from facedet_converter.model import (  # noqa: E402
+from facedet_nn.configs import CONFIGS, ModelConfig, get_config  # noqa: E402
+from facedet_nn.model import (  # noqa: E402
     DecodedYoloFace,
     YoloFace,
     count_macs,
     count_parameters,
 )
-from facedet_server.heads import decode_head  # noqa: E402
+from facedet_server.faces.heads import decode_head  # noqa: E402
 
 # Parameter counts (millions) from the upstream README's tables; ours must match to the digit.
 UPSTREAM_PARAMS_M = {

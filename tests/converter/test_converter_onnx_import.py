@@ -14,11 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from facedet_converter.configs import get_config  # noqa: E402
-from facedet_converter.model import DecodedYoloFace  # noqa: E402
-from facedet_converter.onnx_import import WeightImportError, import_onnx  # noqa: E402
-from facedet_server.heads import decode_heads  # noqa: E402
-from facedet_server.model_spec import UPSTREAM_YOLOV5N_05, ModelSpec  # noqa: E402
+from facedet_nn.configs import get_config  # noqa: E402
+from facedet_nn.model import DecodedYoloFace  # noqa: E402
+from facedet_nn.onnx_weights import WeightImportError, import_onnx  # noqa: E402
+from facedet_server.faces.heads import decode_heads  # noqa: E402
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05, ModelSpec  # noqa: E402
 
 TOLERANCE = 1e-4
 OUTPUTS = ["stride_8", "stride_16", "stride_32"]
@@ -155,7 +155,7 @@ def test_not_a_yolov5_face_graph(tmp_path: Path) -> None:
 
 
 def test_torch_backend_entry_point(upstream_onnx: Path, imported: Any) -> None:
-    from facedet_converter.loading import load_inference_model
+    from facedet_server.runtime.torch_model import load_inference_model
 
     module, spec = load_inference_model(upstream_onnx)
     assert isinstance(module, DecodedYoloFace) and not module.training

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from facedet.v1 import face_detector_pb2 as pb
-from facedet_server.model_spec import UPSTREAM_YOLOV5N_05_SHA256
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05_SHA256
 from facedet_test_support import EXPECTED_FACES, MODEL, ServerFactory, image_bytes
 
 
@@ -48,9 +48,9 @@ def test_server_prefers_the_export_and_matches_the_square_letterbox(
 
 def test_rectangular_input_has_fewer_pixels(exported: Path) -> None:
     """16:9 frames run at 640x384 on the export: 40% fewer pixels than the square 640x640."""
-    from facedet_server.backends.onnxruntime import OnnxRuntimeBackend
-    from facedet_server.detector import Detector, EncodedImage
-    from facedet_server.options import Options
+    from facedet_server.faces.options import Options
+    from facedet_server.pipeline.host import Detector, EncodedImage
+    from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend
 
     detector = Detector(OnnxRuntimeBackend(exported, intra_op_threads=1))
     prepared = detector.prepare(EncodedImage(image_bytes("zidane.jpg")), Options())

@@ -27,8 +27,8 @@ from facedet_converter.engine_plan import (
     plan_build,
     timing_cache_path,
 )
-from facedet_server.letterbox import letterbox, to_tensor
-from facedet_server.model_spec import UPSTREAM_YOLOV5N_05, ModelSpec
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05, ModelSpec
+from facedet_server.tensor.letterbox import letterbox, to_tensor
 from facedet_trt.sidecar import Profile, check_compatible, read_sidecar, write_sidecar
 
 OURS = dataclasses.replace(
@@ -162,7 +162,7 @@ def calibration_folder(tmp_path: Path, names: list[str]) -> Path:
 
 
 def test_calibration_batches_are_server_preprocessed_images(tmp_path: Path) -> None:
-    from facedet_server.decode import decode_encoded
+    from facedet_server.image.decode import decode_encoded
 
     folder = calibration_folder(tmp_path, ["zidane.jpg", "bus.jpg", "sample.jpg"])
     assert [p.name for p in list_images(folder)] == ["bus.jpg", "sample.jpg", "zidane.jpg"]

@@ -16,9 +16,9 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
 
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
-from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
-from facedet_server.detector import EncodedImage  # noqa: E402
-from facedet_server.gpu.detector import GpuDetector  # noqa: E402
+from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
+from facedet_server.pipeline.host import EncodedImage  # noqa: E402
+from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import (  # noqa: E402
     EXPECTED_FACES,
     MODEL,

@@ -1,4 +1,4 @@
-"""nvJPEG (`facedet_server.gpu.jpeg`) on a real GPU: it gives libjpeg-turbo's pixels up to
+"""nvJPEG (`facedet_server.image.nvjpeg`) on a real GPU: it gives libjpeg-turbo's pixels up to
 decoder rounding, and a batch holding JPEGs it cannot decode, grayscale and progressive ones
 loses none of the others: each image is answered on its own."""
 
@@ -16,12 +16,12 @@ if not torch.cuda.is_available():
 
 import cv2  # noqa: E402
 import simplejpeg  # noqa: E402
-from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
-from facedet_server.detector import EncodedImage  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
-from facedet_server.gpu.detector import GpuDetector  # noqa: E402
-from facedet_server.gpu.jpeg import NvJpegDecoder, make_jpeg_decoder  # noqa: E402
-from facedet_server.options import Options  # noqa: E402
+from facedet_server.faces.options import Options  # noqa: E402
+from facedet_server.image.nvjpeg import NvJpegDecoder, make_jpeg_decoder  # noqa: E402
+from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
+from facedet_server.pipeline.host import EncodedImage  # noqa: E402
+from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -15,10 +15,10 @@ if not torch.cuda.is_available():
 
 import simplejpeg  # noqa: E402
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
-from facedet_server.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from facedet_server.backends.torch_cuda import TorchCudaBackend  # noqa: E402
-from facedet_server.detector import Detector, EncodedImage, RawFrame  # noqa: E402
-from facedet_server.gpu.detector import GpuDetector  # noqa: E402
+from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
+from facedet_server.pipeline.host import Detector, EncodedImage, RawFrame  # noqa: E402
+from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import (  # noqa: E402
     EXPECTED_FACES,
     MODEL,
@@ -124,7 +124,7 @@ def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: 
 def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -> None:
     detector = GpuDetector(torch_backend)
     names = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg"]
-    from facedet_server.options import Options
+    from facedet_server.faces.options import Options
 
     items = [detector.prepare(EncodedImage(image_bytes(n)), Options()) for n in names]
     batched = detector.infer_batch(items)

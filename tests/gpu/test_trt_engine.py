@@ -65,8 +65,8 @@ def rss_bytes() -> int:
 
 def fake_engine(**plan_kwargs: Any) -> Any:
     from facedet_trt.cuda import device_info
-    from facedet_trt.engine import Engine
-    from facedet_trt.testing import fake_plan, fake_tensorrt, sidecar_for
+    from facedet_trt.plan import Engine
+    from fake_tensorrt import fake_plan, fake_tensorrt, sidecar_for
 
     info = device_info(0)
     plan = fake_plan(**plan_kwargs)
@@ -171,7 +171,7 @@ def test_cuda_graphs_replace_enqueues() -> None:
 
 @needs_gpu
 def test_failed_execute_is_reported_and_the_slot_survives() -> None:
-    from facedet_trt.engine import EngineError
+    from facedet_trt.plan import EngineError
     from facedet_trt.runner import TensorRTRunner
 
     engine = fake_engine()
@@ -255,7 +255,7 @@ def test_close_waits_for_runs_in_flight() -> None:
 
 @needs_gpu
 def test_backend_on_the_fake_engine() -> None:
-    from facedet_trt.backend import TensorRTBackend
+    from facedet_server.runtime.tensorrt import TensorRTBackend
 
     # A profile that starts at batch 2: the backend pads a single image and trims the result.
     engine = fake_engine(profiles=[((2, 3, 32, 32), (2, 3, 64, 64), (4, 3, 64, 64))])
@@ -317,8 +317,8 @@ def real_trt() -> ModuleType:
 
 def sidecar_for_this_machine(**overrides: Any) -> Any:
     from facedet_trt.cuda import device_info
-    from facedet_trt.testing import fake_plan, sidecar_for
     from facedet_trt.trt_module import tensorrt_version
+    from fake_tensorrt import fake_plan, sidecar_for
 
     info = device_info(0)
     sidecar = sidecar_for(
@@ -335,7 +335,7 @@ def sidecar_for_this_machine(**overrides: Any) -> Any:
 
 @needs_trt
 def test_real_tensorrt_rejects_garbage_cleanly(tmp_path: Path) -> None:
-    from facedet_trt.engine import Engine, EngineError
+    from facedet_trt.plan import Engine, EngineError
     from facedet_trt.sidecar import write_sidecar
 
     plan = tmp_path / "garbage.plan"
@@ -351,7 +351,7 @@ def test_real_tensorrt_rejects_garbage_cleanly(tmp_path: Path) -> None:
 
 @needs_trt
 def test_real_tensorrt_rejects_zeros_and_an_empty_plan(tmp_path: Path) -> None:
-    from facedet_trt.engine import Engine, EngineError
+    from facedet_trt.plan import Engine, EngineError
 
     sidecar = sidecar_for_this_machine()
     with pytest.raises(EngineError, match="could not deserialize"):
@@ -362,7 +362,7 @@ def test_real_tensorrt_rejects_zeros_and_an_empty_plan(tmp_path: Path) -> None:
 
 @needs_trt
 def test_real_tensorrt_foreign_engine_is_refused_first() -> None:
-    from facedet_trt.engine import Engine
+    from facedet_trt.plan import Engine
     from facedet_trt.sidecar import EngineMismatch
 
     sidecar = sidecar_for_this_machine(gpu_name="NVIDIA A10", compute_capability="8.6")
@@ -377,7 +377,7 @@ def test_real_tensorrt_api_surface() -> None:
     trt = real_trt()
     for name in ("Runtime", "ILogger", "TensorIOMode", "DataType"):
         assert hasattr(trt, name), name
-    from facedet_trt.engine import _make_logger
+    from facedet_trt.plan import _make_logger
 
     logger = _make_logger(trt)
     runtime = trt.Runtime(logger)
@@ -418,8 +418,8 @@ PLAN_REASON = TRT_REASON or (
 @pytest.mark.skipif(PLAN_REASON is not None, reason=PLAN_REASON or "")
 @pytest.mark.slow
 def test_real_plan_runs_without_leaking() -> None:
+    from facedet_server.runtime.tensorrt import TensorRTBackend
     from facedet_trt import cuda
-    from facedet_trt.backend import TensorRTBackend
 
     backend = TensorRTBackend(PLAN, num_streams=2)
     profile = backend.runner.profiles[0]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from facedet_trt import cuda
-from facedet_trt.engine import Engine, EngineError
+from facedet_trt.plan import Engine, EngineError
 
 log = logging.getLogger("facedet.trt")
 

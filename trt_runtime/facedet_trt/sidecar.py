@@ -84,7 +84,7 @@ def _shape4(value: Any) -> Shape4:
 
 @dataclass(frozen=True)
 class EngineSidecar:
-    # `dataclasses.asdict(ModelSpec)`; see facedet_server.model_spec.
+    # `dataclasses.asdict(ModelSpec)`; see facedet_server.model.spec.
     model_spec: dict[str, Any]
     tensorrt_version: str
     gpu_name: str

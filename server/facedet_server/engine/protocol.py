@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from facedet_server.detector import Detection, Limits, Preparer
 from facedet_server.errors import DetectError
-from facedet_server.model_spec import ModelSpec
+from facedet_server.model.spec import ModelSpec
+from facedet_server.pipeline.host import Detection, Limits, Preparer
 
 
 @dataclass(frozen=True)

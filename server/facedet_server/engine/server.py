@@ -21,9 +21,9 @@ from typing import Any
 
 import structlog
 
-from facedet_server.detector import Pipeline
 from facedet_server.engine.protocol import BatchDone, BatchFailed, EngineInfo, Hello, RunBatch
 from facedet_server.engine.wire import ConnectionClosed, recv_message, send_message
+from facedet_server.pipeline.host import Pipeline
 
 log = structlog.get_logger("facedet.engine")
 

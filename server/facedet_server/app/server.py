@@ -1,0 +1,242 @@
+"""Assembles and runs the server: model, service, gRPC ports, health, reflection, signals.
+
+Lifecycle: health NOT_SERVING -> model loaded and warmed up -> SERVING -> (SIGTERM/SIGINT)
+NOT_SERVING, stop accepting calls, let in-flight calls finish within grace_seconds, drain the
+batcher, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import structlog
+from facedet.v1 import face_detector_pb2 as pb
+from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from facedet_server import __version__
+from facedet_server.app.config import ServerConfig, listen_addresses, resolve_automatic
+from facedet_server.app.memory import trim_periodically
+from facedet_server.faces.options import Options
+from facedet_server.model.files import resolve_model
+from facedet_server.pipeline.host import Detector, Limits, Pipeline
+from facedet_server.runtime import choose_backend, load_backend
+from facedet_server.serving.batcher import BatcherConfig
+from facedet_server.serving.service import DetectionService
+from facedet_server.transport.grpc.health import SERVING, HealthService
+from facedet_server.transport.grpc.servicer import FaceDetectorServicer, model_info
+
+log = structlog.get_logger("facedet.server")
+
+
+class StartupError(Exception):
+    """The server cannot start (e.g. an address cannot be bound); the message says why."""
+
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FaceDetector"].full_name
+
+
+def resolve_for_model(config: ServerConfig, model_path: Path) -> ServerConfig:
+    """`config` as a process running `model_path` itself uses it: --backend auto replaced by the
+    backend chosen, and the automatic settings filled in for where that backend runs the model
+    (ONNX Runtime on the CPU whatever --device says; torch and TensorRT on --device)."""
+    backend, reason = choose_backend(config.backend, model_path)
+    log.info("backend_chosen", backend=backend, reason=reason, model=str(model_path))
+    return resolve_automatic(replace(config, backend=backend), backend, config.device)
+
+
+def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
+    """The model and the pre/post-processing around it, in this process. `config` is one
+    `resolve_for_model` returned: the backend's batch size must be known before it loads."""
+    if config.backend == "auto" or config.max_batch < 1:
+        raise ValueError(
+            "build_pipeline needs a config from resolve_for_model (backend and batch size known)"
+        )
+    backend = load_backend(
+        config.backend,
+        model_path,
+        max_batch=config.max_batch,
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+        device=config.device,
+        compile_mode=config.compile,
+    )
+    limits = Limits(config.max_pixels, config.max_faces)
+    detector: Pipeline
+    if backend.name == "torch":
+        from facedet_server.pipeline.gpu import GpuDetector
+        from facedet_server.runtime.torch_cuda import TorchCudaBackend
+
+        assert isinstance(backend, TorchCudaBackend)
+        gpu = GpuDetector(backend, limits, config.input_size, gpu_decode=config.gpu_decode)
+        log.info(
+            "gpu_pipeline",
+            nvjpeg=gpu.jpeg is not None,
+            buckets=backend.buckets,
+            compile=backend.compile_mode,
+        )
+        detector = gpu
+    else:
+        detector = Detector(backend, limits, config.input_size)
+    return detector
+
+
+def build_service(config: ServerConfig, detector: Pipeline) -> DetectionService:
+    batcher_config = BatcherConfig(
+        config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers
+    )
+    defaults = Options(config.min_confidence, config.iou_threshold, config.max_faces, 0.0)
+    return DetectionService(detector, batcher_config, defaults, config.decode_threads)
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Only on request: several front-end processes may share one port (--processes), but a
+        # server started on a port another one holds must fail, not split its traffic.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+    ]
+
+
+async def _log_summaries(service: DetectionService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        log.info(
+            "summary",
+            interval_s=interval,
+            queue_depth=service.batcher.depth,
+            **service.take_stats().summary(),
+        )
+
+
+async def serve(config: ServerConfig) -> None:
+    health_servicer = HealthService(["", SERVICE_NAME])
+
+    server = grpc.aio.server(options=grpc_options(config))
+    servicer = FaceDetectorServicer(config.stream_window)
+    pb_grpc.add_FaceDetectorServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # Ports normally open before the model loads, so orchestrators see NOT_SERVING rather than a
+    # refused connection while a large model loads and warms up. Processes sharing a port
+    # (--processes) open it only once warm: the kernel spreads connections over every process
+    # bound to the port, and must not hand one to a process still loading.
+    opens_early = not config.reuse_port
+    if opens_early:
+        await _open_ports(server, config)
+
+    stop = asyncio.Event()
+    aborted = threading.Event()  # the same signal, for a loading thread that blocks in a wait
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        aborted.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+    started = time.perf_counter()
+    try:
+        # From here on `config` has its automatic settings filled in for where the model runs.
+        pipeline, model_name, config = await asyncio.to_thread(_load_pipeline, config, aborted)
+        sys.setswitchinterval(config.gil_switch_ms / 1000)
+        service = build_service(config, pipeline)
+        await asyncio.to_thread(service.warm_up)
+    except BaseException:
+        if opens_early:  # close the ports while the event loop that serves them still runs
+            await server.stop(0)
+        raise
+    service.start()
+    info = model_info(service, config.max_message_bytes, config.max_queue)
+    servicer.ready(service, info)
+    if stop.is_set():  # SIGTERM arrived while loading: never claim SERVING
+        if not opens_early:
+            await server.start()  # stop() below expects a started server
+        await _shut_down(server, health_servicer, service, config.grace_seconds)
+        return
+    log.info(
+        "model_loaded",
+        model=model_name,
+        name=info.name,
+        backend=info.backend,
+        provider=info.execution_provider,
+        input=f"{info.input_width}x{info.input_height}",
+        switch_interval_s=sys.getswitchinterval(),
+        max_batch=config.max_batch,
+        batch_workers=config.batch_workers,
+        max_queue=config.max_queue,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    await health_servicer.set_all(SERVING)
+    if not opens_early:
+        await _open_ports(server, config)
+    log.info("serving")
+
+    background = []
+    if config.summary_interval > 0:
+        background.append(asyncio.create_task(_log_summaries(service, config.summary_interval)))
+    if config.memory_trim_interval > 0:
+        background.append(asyncio.create_task(trim_periodically(config.memory_trim_interval)))
+    await stop.wait()
+
+    for task in background:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await _shut_down(server, health_servicer, service, config.grace_seconds)
+
+
+def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline, str, ServerConfig]:
+    """(pipeline, what it runs, `config` resolved for where the model runs): the model here, or
+    the engine process's at --engine-socket (whose backend and device the engine tells)."""
+    if config.role == "frontend":
+        from facedet_server.engine.client import EnginePipeline
+        from facedet_server.errors import DetectError
+
+        try:
+            engine = EnginePipeline(
+                Path(config.engine_socket), config.engine_wait, aborted, config.engine_timeout
+            )
+        except DetectError as exc:
+            raise StartupError(exc.message) from None
+        log.info("engine_connected", socket=config.engine_socket, engine_pid=engine.info.pid, pid=os.getpid())
+        resolved = resolve_automatic(config, engine.info.backend, engine.info.device)
+        return engine, f"engine process {engine.info.pid} at {config.engine_socket}", resolved
+    model_path = resolve_model(config.model)
+    resolved = resolve_for_model(config, model_path)
+    return build_pipeline(resolved, model_path), str(model_path), resolved
+
+
+async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
+    addresses = listen_addresses(config)
+    for address in addresses:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises "Failed to bind" rather than returning 0
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        if port == 0 and not address.startswith("unix:"):
+            raise StartupError(f"cannot listen on {address}")
+    await server.start()
+    log.info("listening", addresses=addresses, version=__version__, config=config.__dict__)
+
+
+async def _shut_down(
+    server: grpc.aio.Server, health_servicer: HealthService, service: DetectionService, grace: float
+) -> None:
+    log.info("draining", grace_seconds=grace)
+    await health_servicer.drain()
+    await server.stop(grace)
+    await service.close(drain=True)
+    log.info("stopped", **service.take_stats().summary())

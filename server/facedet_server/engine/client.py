@@ -1,0 +1,171 @@
+"""`EnginePipeline`: the `Pipeline` a front-end process runs when the model lives in an engine
+process. Requests are checked (and, off the GPU path, decoded) here with the engine's own
+`Preparer`; each batch the front end's `Batcher` forms goes to the engine on the calling
+inference thread's connection, and its results come back in order."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facedet_server.engine.protocol import BatchDone, BatchFailed, EngineInfo, Hello, RunBatch
+from facedet_server.engine.wire import recv_message, send_message
+from facedet_server.errors import DetectError, Unavailable
+from facedet_server.faces.options import Options
+from facedet_server.model.spec import ModelSpec
+from facedet_server.pipeline.host import Detection, ImageInput, Limits, Preparer
+
+
+class EngineFailed(DetectError):
+    """The engine ran the batch and failed (a runtime error there, not a bad image)."""
+
+
+@dataclass(frozen=True)
+class EngineBackend:
+    """The engine's model runtime as GetModelInfo reports it; `close` closes our connections."""
+
+    spec: ModelSpec
+    name: str
+    device: str
+    max_batch: int
+    model_sha256: str
+    pipeline: EnginePipeline
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+class EnginePipeline:
+    def __init__(
+        self,
+        socket_path: Path,
+        wait_seconds: float,
+        aborted: threading.Event | None = None,
+        batch_timeout: float = 120.0,
+    ) -> None:
+        """Blocks until the engine answers (it opens its socket once warmed up), at most
+        `wait_seconds`, or until `aborted` is set (SIGTERM while waiting). A batch takes
+        milliseconds: an engine silent for `batch_timeout` seconds is hung (a stuck GPU), and the
+        calls waiting on it fail with UNAVAILABLE rather than wait for their deadlines."""
+        self.socket_path = socket_path
+        self.batch_timeout = batch_timeout
+        self._local = threading.local()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.info = info = self._connect(wait_seconds, aborted or threading.Event())
+        self.backend = EngineBackend(
+            info.spec, info.backend, info.device, info.max_batch, info.model_sha256, self
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.info.spec
+
+    @property
+    def limits(self) -> Limits:
+        return self.info.limits
+
+    @property
+    def preparer(self) -> Preparer:
+        return self.info.preparer
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return self.info.preparer.input_shape
+
+    def prepare(self, image: ImageInput, options: Options) -> Any:
+        return self.info.preparer.prepare(image, options)
+
+    def prepare_inline(self, image: ImageInput, options: Options) -> Any | None:
+        return self.info.preparer.prepare_inline(image, options)
+
+    def infer_batch(self, items: Sequence[Any]) -> list[Detection | DetectError]:
+        try:
+            sock = self._thread_socket()
+            send_message(sock, RunBatch(list(items)))
+            reply = recv_message(sock)
+        except OSError as exc:  # ConnectionError included; the next batch connects afresh
+            self._drop_thread_socket()
+            raise Unavailable(f"the inference engine ({self.socket_path}) is unreachable: {exc}") from None
+        if isinstance(reply, BatchFailed):
+            raise EngineFailed(f"inference failed in the engine process: {reply.message}")
+        if not isinstance(reply, BatchDone):
+            self._drop_thread_socket()
+            raise EngineFailed(f"the engine answered a batch with {type(reply).__name__}")
+        return reply.results
+
+    def detect(self, image: ImageInput, options: Options | None = None) -> Detection:
+        start = time.perf_counter()
+        (result,) = self.infer_batch([self.prepare(image, options or Options())])
+        if isinstance(result, DetectError):
+            raise result
+        result.timing.total_us = int((time.perf_counter() - start) * 1e6)
+        return result
+
+    def warm_up(self) -> None:
+        """The engine warmed the model; an inference thread only opens its connection."""
+        self._thread_socket()
+
+    def close(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+    def _connect(self, wait_seconds: float, aborted: threading.Event) -> EngineInfo:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                sock = self._open()
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        f"no inference engine answered at {self.socket_path} within {wait_seconds:g} s "
+                        f"(last error: {exc}); start one with `facedet serve --role engine`"
+                    ) from None
+                if aborted.wait(0.2):
+                    raise Unavailable(
+                        f"stopped while waiting for the inference engine at {self.socket_path}"
+                    ) from None
+                continue
+            try:
+                send_message(sock, Hello())
+                info = recv_message(sock)
+            finally:
+                sock.close()
+            if not isinstance(info, EngineInfo):
+                raise Unavailable(f"{self.socket_path} answered Hello with {type(info).__name__}")
+            return info
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(self.batch_timeout)  # a timeout is an OSError: the socket is dropped
+        return sock
+
+    def _thread_socket(self) -> socket.socket:
+        sock: socket.socket | None = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._open()
+            self._local.sock = sock
+            with self._lock:
+                self._sockets.append(sock)
+        return sock
+
+    def _drop_thread_socket(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        self._local.sock = None
+        if sock is not None:
+            with self._lock:
+                if sock in self._sockets:
+                    self._sockets.remove(sock)
+            sock.close()

@@ -1,0 +1,96 @@
+"""The request side of the GPU pipeline, without torch: a JPEG that nvJPEG will decode needs
+only its header checked against the limits on the CPU; anything else is decoded here.
+
+Kept apart from `gpu.detector` so a front-end process that feeds an engine process (see
+`facedet_server.engine`) runs the same checks without importing torch or touching the GPU."""
+
+from __future__ import annotations
+
+import copyreg
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, SupportsIndex
+
+import numpy as np
+import simplejpeg
+
+from facedet_server.errors import InvalidImage
+from facedet_server.faces.options import Options
+from facedet_server.image.decode import JPEG_MAGIC, check_pixels
+from facedet_server.model.spec import ModelSpec
+from facedet_server.pipeline.host import EncodedImage, ImageInput, Limits, Timing, decode_image, micros_since
+from facedet_server.tensor.letterbox import input_shape_for
+
+
+@dataclass
+class GpuPrepared:
+    options: Options
+    width: int
+    height: int
+    # Compressed bytes to decode on the GPU: bytes in the process that received them, a
+    # memoryview into the received frame in an engine process (see __getstate__).
+    jpeg: bytes | memoryview | None = None
+    pixels: np.ndarray | None = None  # already decoded on the CPU (raw frames, PNG, fallbacks)
+    scale: tuple[float, float] = (1.0, 1.0)
+    timing: Timing = field(default_factory=Timing)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        # Pickled for an engine process (protocol 5), the JPEG travels out of band: the engine
+        # hands nvJPEG the memory its socket read into, with no copy on either side.
+        state = dict(self.__dict__)
+        if self.jpeg is not None and int(protocol) >= 5:
+            state["jpeg"] = pickle.PickleBuffer(self.jpeg)
+        return copyreg.__newobj__, (type(self),), state  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class GpuPreparer:
+    spec: ModelSpec
+    limits: Limits
+    input_size: int = 640
+    gpu_decode: bool = True
+    # Rectangular inputs (long side input_size, short side a multiple of 32) skip most of the
+    # padding; square ones reproduce the CPU path's 640x640 exactly, for comparisons.
+    rectangular: bool = True
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return self.input_size, self.input_size
+
+    def target_for(self, width: int, height: int) -> tuple[int, int]:
+        fixed = None if self.rectangular else self.input_shape
+        return input_shape_for(width, height, fixed, self.input_size, self.spec.size_multiple)
+
+    def prepare_inline(self, image: ImageInput, options: Options) -> GpuPrepared | None:
+        """A JPEG that nvJPEG will decode needs only its header checked against the limits
+        (microseconds), cheaper than a hop to the decode pool; None for anything else."""
+        if not (self.gpu_decode and isinstance(image, EncodedImage) and image.data.startswith(JPEG_MAGIC)):
+            return None
+        start = time.perf_counter()
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(image.data)
+        except ValueError as exc:
+            raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
+        check_pixels(width, height, self.limits.max_pixels)
+        if colorspace == "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
+            return None
+        prepared = GpuPrepared(options, width, height, jpeg=image.data)
+        prepared.timing.decode_us = micros_since(start)
+        return prepared
+
+    def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
+        inline = self.prepare_inline(image, options)
+        if inline is not None:
+            return inline
+        start = time.perf_counter()
+        decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
+        prepared = GpuPrepared(
+            options,
+            decoded.width,
+            decoded.height,
+            pixels=decoded.pixels,
+            scale=(decoded.scale_x, decoded.scale_y),
+        )
+        prepared.timing.decode_us = micros_since(start)
+        return prepared

@@ -1,0 +1,133 @@
+"""The detection service: options, the decode pool, the batcher and statistics, behind one
+async `detect` call. Transport-free, so the gRPC servicer and the in-process benchmark share it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from facedet_server.errors import DetectError
+from facedet_server.faces.options import Options, resolve_options
+from facedet_server.pipeline.host import Detection, ImageInput, Pipeline
+from facedet_server.serving.batcher import Batcher, BatcherConfig
+
+
+@dataclass
+class Stats:
+    """Counters for the periodic summary line; reset each time it is read."""
+
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    latencies_us: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def summary(self) -> dict[str, object]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        lat = np.asarray(self.latencies_us or [0])
+        return {
+            "ok": self.ok,
+            "failed": dict(self.failed),
+            "img_per_s": round(self.ok / elapsed, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)) / 1000, 2),
+            "p99_ms": round(float(np.percentile(lat, 99)) / 1000, 2),
+        }
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Options as a request carries them: zero means the server default."""
+
+    min_confidence: float = 0.0
+    iou_threshold: float = 0.0
+    max_faces: int = 0
+    min_face_size: float = 0.0
+
+
+class DetectionService:
+    def __init__(
+        self,
+        detector: Pipeline,
+        batcher_config: BatcherConfig,
+        defaults: Options,
+        decode_threads: int = 0,
+    ) -> None:
+        self.detector = detector
+        self.defaults = defaults
+        self.decode_pool = ThreadPoolExecutor(
+            decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
+        )
+        # One thread per batch worker: the backend runs there, never on the event loop.
+        self.infer_pool = ThreadPoolExecutor(batcher_config.workers, thread_name_prefix="infer")
+        self.batcher: Batcher[Any, Detection] = Batcher(
+            self._infer, self.infer_pool, batcher_config, on_start=self._record_queue
+        )
+        self.stats = Stats()
+
+    def _infer(self, items: Sequence[Any]) -> Sequence[Detection | DetectError]:
+        return self.detector.infer_batch(items)
+
+    @staticmethod
+    def _record_queue(item: Any, seconds: float) -> None:
+        item.timing.queue_us = int(seconds * 1e6)
+
+    def warm_up(self) -> None:
+        """Run the pipeline's warm-up on every inference thread (each has its own CUDA stream and
+        graphs on the GPU path), so the first requests pay for nothing."""
+        workers = self.batcher.config.workers
+        barrier = threading.Barrier(workers)
+
+        def warm() -> None:
+            barrier.wait()  # holds each task on its own thread until all workers have one
+            self.detector.warm_up()
+
+        for future in [self.infer_pool.submit(warm) for _ in range(workers)]:
+            future.result()
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def options(self, requested: RequestOptions) -> Options:
+        return resolve_options(
+            self.defaults,
+            min_confidence=requested.min_confidence,
+            iou_threshold=requested.iou_threshold,
+            max_faces=requested.max_faces,
+            min_face_size=requested.min_face_size,
+            max_faces_limit=self.detector.limits.max_faces,
+        )
+
+    async def detect(self, image: ImageInput, requested: RequestOptions | None = None) -> Detection:
+        start = time.perf_counter()
+        try:
+            options = self.options(requested or RequestOptions())
+            prepared = self.detector.prepare_inline(image, options)
+            if prepared is None:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self.decode_pool, self.detector.prepare, image, options)
+            detection = await self.batcher.submit(prepared)
+        except DetectError as exc:
+            self.stats.failed[exc.code.value] += 1
+            raise
+        detection.timing.total_us = int((time.perf_counter() - start) * 1e6)
+        self.stats.ok += 1
+        self.stats.latencies_us.append(detection.timing.total_us)
+        return detection
+
+    def take_stats(self) -> Stats:
+        stats, self.stats = self.stats, Stats()
+        return stats
+
+    async def close(self, drain: bool = True) -> None:
+        await self.batcher.close(drain=drain)
+        self.decode_pool.shutdown(wait=True)
+        self.infer_pool.shutdown(wait=True)
+        self.detector.backend.close()

@@ -1,0 +1,921 @@
+"""`facedet bench`: a closed-loop load generator, through gRPC or in-process.
+
+Closed loop: each of N clients sends its next request as soon as its previous answer arrives, so
+the figures are the throughput at N requests outstanding and the latency each one sees. Answers
+that finish during the warm-up are not counted; the run stops by itself after warm-up + duration.
+
+Through gRPC, the clients run on asyncio in `--processes` worker processes, each with its own
+channel, sending one request serialized up front, so client CPU goes to gRPC itself. In-process,
+the same `DetectionService` the server runs (decode pool, batcher, backend) is called directly:
+the difference between the two is the cost of gRPC. `--compare` runs both at each concurrency.
+
+Nothing here runs at import: worker processes are spawned and import this module afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import numpy as np
+from facedet.client import FaceDetectorClient, FaceDetectorError
+from facedet.client.channel import DETECT_METHOD, STREAM_METHOD, channel_options
+from facedet.client.messages import code_name
+from facedet.v1 import face_detector_pb2 as pb
+from facedet_server.app import config as server_config
+from facedet_server.serving.service import DetectionService
+
+T = TypeVar("T")
+TIMING_FIELDS = ("decode_us", "queue_us", "inference_us", "postprocess_us", "total_us", "batch_size")
+CLIENTS_PER_PROCESS = 32
+QUIET_ATTEMPTS = 3  # with --max-other-cpu, tries per wanted pair before keeping a noisy one
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+ERROR_BACKOFF_S = 0.01  # keeps a failing closed loop (e.g. server gone) from spinning a core
+
+
+class TimingLike(Protocol):
+    """pb.Timing or the pipeline's Timing: both carry the same fields."""
+
+    decode_us: int
+    queue_us: int
+    inference_us: int
+    postprocess_us: int
+    total_us: int
+    batch_size: int
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one run does; picklable, as worker processes receive it."""
+
+    concurrency: int  # clients (streams, with --stream)
+    warmup: float
+    duration: float
+    stream: bool = False
+    window: int = 1  # frames in flight per stream
+    # Open loop: requests per second offered by this process (0 = closed loop). `concurrency`
+    # then caps the requests in flight.
+    rate: float = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return self.concurrency * (self.window if self.stream else 1)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The measured interval, in this process's perf_counter time."""
+
+    start: float
+    end: float
+
+    @classmethod
+    def after_warmup(cls, load: Load) -> Window:
+        start = time.perf_counter() + load.warmup
+        return cls(start, start + load.duration)
+
+    def counts(self, finished: float) -> bool:
+        return self.start <= finished <= self.end
+
+
+@dataclass
+class Samples:
+    """Raw results of one load generator; merged across worker processes."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    timing_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_FIELDS, 0.0))
+    errors: Counter[str] = field(default_factory=Counter)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # "client", "server" or "process"
+
+    def add(self, latency_s: float, timing: TimingLike) -> None:
+        self.latencies_s.append(latency_s)
+        for name in TIMING_FIELDS:
+            self.timing_sums[name] += getattr(timing, name)
+
+    def merge(self, other: Samples) -> None:
+        self.latencies_s.extend(other.latencies_s)
+        for name in TIMING_FIELDS:
+            self.timing_sums[name] += other.timing_sums[name]
+        self.errors.update(other.errors)
+        for name, seconds in other.cpu_s.items():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + seconds
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of another process, from /proc (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float | None:
+    """Busy CPU seconds of the whole machine (every process), from /proc/stat (Linux)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure_cpu(
+    window: Window, samples: Samples, own: str, server_pid: int | None, whole_machine: bool
+) -> None:
+    """CPU used during the window by this process (all threads), the server if its pid is known,
+    and the whole machine: what is left is other people's load, which skews a run on a shared box."""
+    readers: dict[str, Callable[[], float | None]] = {own: time.process_time}
+    if server_pid:
+        readers["server"] = lambda: _process_cpu_s(server_pid)
+    if whole_machine:
+        readers["machine"] = _machine_busy_s
+    await asyncio.sleep(max(window.start - time.perf_counter(), 0))
+    started = {name: read() for name, read in readers.items()}
+    await asyncio.sleep(max(window.end - time.perf_counter(), 0))
+    for name, read in readers.items():
+        before, after = started[name], read()
+        if before is not None and after is not None:
+            samples.cpu_s[name] = samples.cpu_s.get(name, 0.0) + after - before
+
+
+# --------------------------------------------------------------------------------------------
+# Load through gRPC
+
+
+def _record_response(data: bytes, started: float, finished: float, samples: Samples) -> None:
+    response = pb.DetectFacesResponse.FromString(data)
+    if response.HasField("error"):
+        samples.errors[code_name(response.error.code)] += 1
+    else:
+        samples.add(finished - started, response.timing)
+
+
+async def _unary_client(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], request: bytes, window: Window, samples: Samples
+) -> None:
+    while (started := time.perf_counter()) < window.end:
+        try:
+            data = await call(request)
+        except grpc.aio.AioRpcError as exc:
+            if window.counts(time.perf_counter()):
+                samples.errors[exc.code().name] += 1
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        finished = time.perf_counter()
+        if window.counts(finished):
+            _record_response(data, started, finished, samples)
+
+
+async def _open_loop_client(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    request: bytes,
+    load: Load,
+    window: Window,
+    samples: Samples,
+) -> None:
+    """Offer `load.rate` requests per second on a fixed schedule, whatever the answers do.
+    Latency counts from each request's scheduled time, so a server that falls behind shows it
+    (no coordinated omission); at most `load.concurrency` are in flight."""
+    slots = asyncio.Semaphore(load.concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(scheduled: float) -> None:
+        try:
+            data = await call(request)
+        except grpc.aio.AioRpcError as exc:
+            if window.counts(time.perf_counter()):
+                samples.errors[exc.code().name] += 1
+            return
+        finally:
+            slots.release()
+        finished = time.perf_counter()
+        if window.counts(finished):
+            _record_response(data, scheduled, finished, samples)
+
+    start = time.perf_counter()
+    k = 0
+    while (scheduled := start + k / load.rate) < window.end:
+        k += 1
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        task = asyncio.create_task(one(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _stream_client(
+    method: grpc.aio.StreamStreamMultiCallable[bytes, bytes],
+    request: bytes,
+    depth: int,
+    window: Window,
+    samples: Samples,
+) -> None:
+    """One stream keeping `depth` frames in flight: a frame goes out as soon as one comes back."""
+    call = method(None)  # requests are written with call.write, closed-loop
+    sent: deque[float] = deque()
+    slots = asyncio.Semaphore(depth)
+
+    async def send() -> None:
+        while True:
+            await slots.acquire()
+            if time.perf_counter() >= window.end:
+                break
+            sent.append(time.perf_counter())
+            await call.write(request)
+        await call.done_writing()
+
+    sender = asyncio.create_task(send())
+    try:
+        while (data := await call.read()) is not _EOF:
+            finished = time.perf_counter()
+            started = sent.popleft()
+            slots.release()
+            if window.counts(finished):
+                assert isinstance(data, bytes)
+                _record_response(data, started, finished, samples)
+    except grpc.aio.AioRpcError as exc:
+        samples.errors[exc.code().name] += 1
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await sender
+
+
+async def grpc_load(
+    target: str,
+    request: bytes,
+    load: Load,
+    server_pid: int | None = None,
+    barrier: Any = None,
+    first: bool = True,
+) -> Samples:
+    """Run `load` against `target` from this process; `barrier` lines up worker processes so
+    their measured windows coincide. Only the `first` process measures the machine's CPU."""
+    channel = grpc.aio.insecure_channel(target, options=channel_options(target=target))
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        if barrier is not None:
+            await asyncio.to_thread(barrier.wait)
+        window = Window.after_warmup(load)
+        samples = Samples()
+        clients: list[Coroutine[Any, Any, None]]
+        # No serializers: the request is serialized once and responses parsed only when counted.
+        if load.stream:
+            stream = channel.stream_stream(STREAM_METHOD, None, None)
+            clients = [
+                _stream_client(stream, request, load.window, window, samples) for _ in range(load.concurrency)
+            ]
+        elif load.rate > 0:
+            unary = channel.unary_unary(DETECT_METHOD, None, None)
+            clients = [_open_loop_client(unary, request, load, window, samples)]
+        else:
+            unary = channel.unary_unary(DETECT_METHOD, None, None)
+            clients = [_unary_client(unary, request, window, samples) for _ in range(load.concurrency)]
+        await asyncio.gather(_measure_cpu(window, samples, "client", server_pid, first), *clients)
+        return samples
+    finally:
+        await channel.close(None)
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` clients over `parts` processes, as evenly as possible, none empty."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _worker_main(
+    target: str, request: bytes, load: Load, server_pid: int | None, barrier: Any, first: bool, results: Any
+) -> None:
+    try:
+        results.put(run_loop(grpc_load(target, request, load, server_pid, barrier, first)))
+    except BaseException as exc:
+        barrier.abort()
+        results.put(RuntimeError(f"bench worker failed: {exc!r}"))
+
+
+async def grpc_run(
+    target: str, request: bytes, load: Load, processes: int, server_pid: int | None
+) -> Samples:
+    if processes <= 1:
+        return await grpc_load(target, request, load, server_pid)
+    # spawn, not fork: the parent may hold ONNX Runtime and gRPC threads, which fork does not copy.
+    context = multiprocessing.get_context("spawn")
+    shares = split(load.concurrency, processes)
+    barrier = context.Barrier(len(shares))
+    results = context.Queue()
+    workers = [
+        context.Process(
+            target=_worker_main,
+            args=(
+                target,
+                request,
+                replace(load, concurrency=share, rate=load.rate * share / load.concurrency),
+                server_pid if i == 0 else None,
+                barrier,
+                i == 0,
+                results,
+            ),
+            daemon=True,
+        )
+        for i, share in enumerate(shares)
+    ]
+    for worker in workers:
+        worker.start()
+    timeout = 60 + load.warmup + load.duration
+    try:
+        gathered = [await asyncio.to_thread(results.get, True, timeout) for _ in workers]
+    except queue.Empty:
+        raise RuntimeError(f"bench workers sent no results within {timeout:.0f} s") from None
+    for worker in workers:
+        await asyncio.to_thread(worker.join, 10)
+    merged = Samples()
+    for part in gathered:
+        if isinstance(part, BaseException):
+            raise part
+        merged.merge(part)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# Load in-process
+
+
+async def _service_client(service: DetectionService, data: bytes, window: Window, samples: Samples) -> None:
+    from facedet_server.errors import DetectError
+    from facedet_server.pipeline.host import EncodedImage
+
+    while (started := time.perf_counter()) < window.end:
+        try:
+            detection = await service.detect(EncodedImage(data))
+        except DetectError as exc:
+            if window.counts(time.perf_counter()):
+                samples.errors[exc.code.value] += 1
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        finished = time.perf_counter()
+        if window.counts(finished):
+            samples.add(finished - started, detection.timing)
+
+
+async def in_process_load(service: DetectionService, data: bytes, load: Load) -> Samples:
+    """The same number of requests in flight as through gRPC (a stream's window counts as that
+    many clients: in-process there is no stream, only the pipeline)."""
+    window = Window.after_warmup(load)
+    samples = Samples()
+    clients = [_service_client(service, data, window, samples) for _ in range(load.in_flight)]
+    await asyncio.gather(_measure_cpu(window, samples, "process", None, True), *clients)
+    return samples
+
+
+@contextlib.asynccontextmanager
+async def started_service(config: server_config.ServerConfig) -> Any:
+    """The server's DetectionService, built and warmed up as `facedet serve` does."""
+    from facedet_server.app.server import build_pipeline, build_service, resolve_for_model
+    from facedet_server.model.files import resolve_model
+
+    model_path = await asyncio.to_thread(resolve_model, config.model)
+    config = resolve_for_model(config, model_path)
+    service = build_service(config, await asyncio.to_thread(build_pipeline, config, model_path))
+    await asyncio.to_thread(service.warm_up)
+    service.start()
+    try:
+        yield service
+    finally:
+        await service.close(drain=True)
+
+
+# --------------------------------------------------------------------------------------------
+# A server of our own, for --compare without --server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_argv(config: server_config.ServerConfig, listen: str) -> list[str]:
+    """`facedet serve` flags reproducing `config` (so both sides of a comparison match)."""
+    argv = [sys.executable, "-m", "facedet.cli", "serve", "--listen", listen]
+    for setting in server_config.SETTINGS:
+        value = getattr(config, setting.name)
+        if setting.name == "listen" or value is None:
+            continue
+        if setting.repeatable:  # one flag per item; none for an empty list
+            for item in value:
+                argv += [setting.flag, str(item)]
+        else:
+            argv += [setting.flag, str(value)]
+    return argv
+
+
+@contextlib.contextmanager
+def spawned_server(config: server_config.ServerConfig, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
+    """A `facedet serve` subprocess on a free loopback port: yields (target, pid)."""
+    target = f"127.0.0.1:{free_port()}"
+    config = replace(config, log_level="warning", summary_interval=0.0, log_format="json")
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(serve_argv(config, target), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with FaceDetectorClient(target) as client:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        client.wait_until_serving(min(1.0, max(deadline - time.monotonic(), 0.1)))
+                        break
+                    except FaceDetectorError as exc:
+                        # A server that exited (a bad flag) fails now, not after the timeout.
+                        if process.poll() is None and time.monotonic() < deadline:
+                            continue
+                        log.seek(0)
+                        raise RuntimeError(
+                            f"the server did not start ({exc}); its log:\n{log.read()}"
+                        ) from None
+            yield target, process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclass
+class Report:
+    mode: str  # "in-process", "grpc" or "grpc-stream"
+    concurrency: int
+    window: int
+    processes: int
+    duration_s: float
+    requests: int
+    errors: dict[str, int]
+    img_per_s: float
+    latency_ms: dict[str, float]  # p50, p90, p99, max, mean
+    server_ms: dict[str, float]  # mean per stage, from the responses' Timing; batch_size a count
+    cpu_ms_per_img: dict[str, float]  # CPU time per counted image: client/server or process
+    # Busy share of all CPUs during the run, and the part of it not ours (other people's load);
+    # None where unknown (not Linux, or a --server whose process we cannot see).
+    machine_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None
+
+    @classmethod
+    def of(cls, mode: str, load: Load, processes: int, samples: Samples) -> Report:
+        n = len(samples.latencies_s)
+        lat = np.asarray(samples.latencies_s or [math.nan]) * 1000
+        latency = {
+            "p50": float(np.percentile(lat, 50)),
+            "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+            "mean": float(lat.mean()),
+        }
+        server = {
+            name.removesuffix("_us"): samples.timing_sums[name]
+            / max(n, 1)
+            / (1 if name == "batch_size" else 1000)
+            for name in TIMING_FIELDS
+        }
+        cpu = dict(samples.cpu_s)
+        capacity = (os.cpu_count() or 1) * load.duration
+        busy = cpu.pop("machine", None)
+        ours_known = "process" in cpu or "server" in cpu
+        return cls(
+            mode=mode,
+            concurrency=load.concurrency,
+            window=load.window if load.stream else 1,
+            processes=processes,
+            duration_s=load.duration,
+            requests=n,
+            errors=dict(samples.errors),
+            img_per_s=n / load.duration,
+            latency_ms={k: round(v, 3) for k, v in latency.items()},
+            server_ms={k: round(v, 3) for k, v in server.items()},
+            cpu_ms_per_img={k: round(v * 1000 / max(n, 1), 3) for k, v in sorted(cpu.items())},
+            machine_cpu_pct=None if busy is None else round(100 * busy / capacity, 1),
+            other_cpu_pct=(
+                round(100 * max(busy - sum(cpu.values()), 0) / capacity, 1)
+                if busy is not None and ours_known
+                else None
+            ),
+        )
+
+    def lines(self) -> list[str]:
+        streams = f", window {self.window}" if self.mode == "grpc-stream" else ""
+        lat, srv = self.latency_ms, self.server_ms
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        cpu = "  ".join(f"{k} {v:.2f}" for k, v in self.cpu_ms_per_img.items())
+        lines = [
+            f"{self.mode}: concurrency {self.concurrency}{streams}, {self.processes} client process"
+            f"{'es' if self.processes != 1 else ''}, {self.duration_s:g} s",
+            f"  {self.img_per_s:.1f} img/s  ({self.requests} images, errors: {errors})",
+            f"  latency ms   p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+            f"max {lat['max']:.2f}  mean {lat['mean']:.2f}",
+            f"  server ms    decode {srv['decode']:.2f}  queue {srv['queue']:.2f}  inference "
+            f"{srv['inference']:.2f}  postprocess {srv['postprocess']:.2f}  total {srv['total']:.2f}  "
+            f"(mean batch {srv['batch_size']:.2f})",
+            f"  outside the server's total (transport, client): {lat['mean'] - srv['total']:.2f} ms mean",
+            f"  CPU ms/img   {cpu}",
+        ]
+        if self.machine_cpu_pct is not None:
+            others = (
+                "" if self.other_cpu_pct is None else f", of which other processes {self.other_cpu_pct:.0f}%"
+            )
+            lines.append(f"  machine CPU  {self.machine_cpu_pct:.0f}% busy{others}")
+        return lines
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model}
+
+
+def comparison(in_process: Sequence[Report], through_grpc: Sequence[Report]) -> list[dict[str, float]]:
+    """One row per concurrency: medians over its repeats, pairing each in-process run with the
+    gRPC run right after it (so the ratio of a pair compares like with like)."""
+    pairs: dict[int, list[tuple[Report, Report]]] = {}
+    for local, remote in zip(in_process, through_grpc, strict=True):
+        pairs.setdefault(local.concurrency, []).append((local, remote))
+    rows = []
+    for concurrency, runs in pairs.items():
+        ratios = [rem.img_per_s / loc.img_per_s if loc.img_per_s else math.nan for loc, rem in runs]
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "runs": len(runs),
+                "in_process_img_per_s": round(_median(loc.img_per_s for loc, _ in runs), 2),
+                "grpc_img_per_s": round(_median(rem.img_per_s for _, rem in runs), 2),
+                "ratio": round(_median(ratios), 3),
+                "ratio_min": round(min(ratios), 3),
+                "ratio_max": round(max(ratios), 3),
+                "in_process_p50_ms": round(_median(loc.latency_ms["p50"] for loc, _ in runs), 2),
+                "grpc_p50_ms": round(_median(rem.latency_ms["p50"] for _, rem in runs), 2),
+                "p50_delta_ms": round(
+                    _median(rem.latency_ms["p50"] - loc.latency_ms["p50"] for loc, rem in runs), 2
+                ),
+                # Per-request time outside the server's own `total`: the transport's share of the
+                # latency, measured on the same requests, so the machine's noise largely cancels.
+                "grpc_outside_ms": round(
+                    _median(rem.latency_ms["mean"] - rem.server_ms["total"] for _, rem in runs), 2
+                ),
+                "other_cpu_pct_max": max(
+                    (x.other_cpu_pct for pair in runs for x in pair if x.other_cpu_pct is not None),
+                    default=math.nan,
+                ),
+            }
+        )
+    return rows
+
+
+def _median(values: Iterable[float]) -> float:
+    return float(np.median(list(values)))
+
+
+def comparison_lines(rows: Sequence[dict[str, float]]) -> list[str]:
+    lines = [
+        "| concurrency | in-process img/s | gRPC img/s | ratio (min–max) | in-process p50 ms | gRPC p50 ms "
+        "| Δp50 ms | gRPC latency − server total, mean ms | others' CPU (max) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        spread = f" ({r['ratio_min']:.3f}–{r['ratio_max']:.3f})" if r["runs"] > 1 else ""
+        lines.append(
+            f"| {r['concurrency']} | {r['in_process_img_per_s']:.1f} | {r['grpc_img_per_s']:.1f} | "
+            f"{r['ratio']:.3f}{spread} | {r['in_process_p50_ms']:.2f} | {r['grpc_p50_ms']:.2f} | "
+            f"{r['p50_delta_ms']:+.2f} | {r['grpc_outside_ms']:.2f} | {r['other_cpu_pct_max']:.0f}% |"
+        )
+    runs = {int(r["runs"]) for r in rows}
+    lines.append(f"medians of {'/'.join(map(str, sorted(runs)))} interleaved run(s) per concurrency")
+    by_c = {int(r["concurrency"]): r for r in rows}
+    if 16 in by_c:
+        ok = by_c[16]["ratio"] >= 0.85
+        lines.append(
+            f"goal ratio >= 0.85 at concurrency 16: {by_c[16]['ratio']:.3f} {'met' if ok else 'NOT met'}"
+        )
+    if 1 in by_c:
+        ok = by_c[1]["p50_delta_ms"] <= 2.0
+        lines.append(
+            f"goal single-client p50 within 2 ms of in-process: {by_c[1]['p50_delta_ms']:+.2f} ms "
+            f"{'met' if ok else 'NOT met'}"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="closed-loop load test, through gRPC or in-process",
+        description="Closed-loop benchmark: N clients each send the next request as soon as the last "
+        "is answered, for a warm-up and then --duration seconds. Prints img/s, latency p50/p90/p99/"
+        "max and the server's mean per-stage time. --in-process runs the server's pipeline without "
+        "gRPC; --compare runs both (starting a server unless --server is given) and prints the ratio.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--in-process", action="store_true", help="call the pipeline directly, no gRPC")
+    mode.add_argument("--compare", action="store_true", help="in-process, then through gRPC; print the ratio")
+    parser.add_argument(
+        "--server",
+        metavar="ADDR",
+        help="server to load (HOST:PORT, unix:///path, or a list of front ends to spread calls over "
+        "with round_robin: ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock); "
+        "default $FACEDET_SERVER or localhost:50051, "
+        "except with --compare, which starts its own when this is not given",
+    )
+    parser.add_argument("--image", required=True, help="JPEG or PNG sent with every request")
+    parser.add_argument(
+        "--concurrency",
+        type=_int_list,
+        default=[1],
+        metavar="N[,N...]",
+        help="clients (streams with --stream); several values run one after another",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, metavar="S", help="unmeasured seconds before")
+    parser.add_argument("--stream", action="store_true", help="use StreamDetectFaces: one stream per client")
+    parser.add_argument("--window", type=int, default=1, metavar="W", help="frames in flight per stream")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="open loop: offer R unary requests per second in total, on a fixed schedule, with at most "
+        "--concurrency in flight; latency counts from each request's scheduled time",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        metavar="P",
+        help=f"client processes through gRPC (0 = one per {CLIENTS_PER_PROCESS} requests in flight)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="with --compare: run each pair R times, interleaved, and report medians (for shared machines)",
+    )
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        metavar="PCT",
+        help="with --compare: re-run a pair during which other processes used more than PCT%% of the "
+        f"machine's CPU (up to {QUIET_ATTEMPTS}x --repeat pairs in all; Linux)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--model",
+        help="model for --in-process and for the server --compare starts (default: as `facedet serve`)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a `facedet serve` setting for --in-process and for the server --compare starts, e.g. "
+        "--set max_batch=4 (repeatable; FACEDET_* variables apply as for serve)",
+    )
+    parser.set_defaults(func=run)
+
+
+def server_settings(model: str | None, assignments: Sequence[str]) -> server_config.ServerConfig:
+    """The ServerConfig `facedet serve --model MODEL --NAME VALUE...` would run with. Taken as
+    NAME=VALUE pairs rather than as serve's own flags, so no server setting can collide with a
+    bench flag (both have a --processes)."""
+    settings = {s.name: s for s in server_config.SETTINGS}
+    argv = ["--model", model] if model else []
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or name not in settings:
+            raise ValueError(f"--set {assignment!r}: expected NAME=VALUE, NAME one of {', '.join(settings)}")
+        argv += [settings[name].flag, value]
+    parser = argparse.ArgumentParser(prog="facedet bench --set", exit_on_error=False)
+    server_config.add_arguments(parser)
+    try:
+        return server_config.from_args(parser.parse_args(argv))
+    except argparse.ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,..., got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency must be >= 1, got {text!r}")
+    return values
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when installed, as `facedet serve` does, so both sides use the same loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facedet_server.app.logs import configure_logging
+
+    if args.duration <= 0 or args.warmup < 0 or args.window < 1 or args.processes < 0 or args.repeat < 1:
+        print(
+            "facedet bench: needs --duration > 0, --warmup >= 0, --window >= 1, --processes >= 0, "
+            "--repeat >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        data = Path(args.image).read_bytes()
+        config = server_settings(args.model, args.settings)
+    except (OSError, ValueError) as exc:
+        print(f"facedet bench: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, "warning")
+    if args.rate and (args.stream or args.in_process or args.compare):
+        print(
+            "facedet bench: --rate is for unary calls through gRPC (not --stream/--in-process/--compare)",
+            file=sys.stderr,
+        )
+        return 2
+    loads = [
+        Load(c, args.warmup, args.duration, args.stream, args.window, args.rate) for c in args.concurrency
+    ]
+    try:
+        if args.in_process:
+            reports = run_loop(_in_process(config, data, loads))
+            return _print({"machine": machine(), "runs": reports}, reports, args.json)
+        if args.compare and not args.server:
+            with spawned_server(config) as (target, pid):
+                return _compare(args, config, data, loads, target, pid)
+        target = args.server or os.environ.get("FACEDET_SERVER", "localhost:50051")
+        check_server(target)
+        if args.compare:
+            return _compare(args, config, data, loads, target, None)
+        reports = run_loop(_through_grpc(target, data, loads, args.processes, None))
+        return _print({"machine": machine(), "server": target, "runs": reports}, reports, args.json)
+    except (RuntimeError, FaceDetectorError, grpc.RpcError, TimeoutError) as exc:
+        print(f"facedet bench: {exc}", file=sys.stderr)
+        return 1
+
+
+def _compare(
+    args: argparse.Namespace,
+    config: server_config.ServerConfig,
+    data: bytes,
+    loads: Sequence[Load],
+    target: str,
+    pid: int | None,
+) -> int:
+    local, remote, discarded = run_loop(
+        _interleaved_pairs(config, data, loads, target, pid, args.processes, args.repeat, args.max_other_cpu)
+    )
+    rows = comparison(local, remote)
+    result = {
+        "machine": machine(),
+        "server": target,
+        "in_process": local,
+        "grpc": remote,
+        "comparison": rows,
+        "discarded_as_noisy": discarded,
+    }
+    in_run_order = [report for pair in zip(local, remote, strict=True) for report in pair]
+    status = _print(result, in_run_order, args.json)
+    if not args.json:
+        if discarded:
+            print(
+                f"({len(discarded) // 2} pair(s) re-run: other processes used over "
+                f"{args.max_other_cpu}% of the CPU)"
+            )
+        print("\n".join(["", *comparison_lines(rows)]))
+    return status
+
+
+async def _interleaved_pairs(
+    config: server_config.ServerConfig,
+    data: bytes,
+    loads: Sequence[Load],
+    target: str,
+    pid: int | None,
+    processes: int,
+    repeat: int,
+    max_other_cpu: float | None,
+) -> tuple[list[Report], list[Report], list[Report]]:
+    """`repeat` (in-process, gRPC) pairs per load, back to back so a drift in the machine's speed
+    hits both sides alike; pairs disturbed by other processes are re-run while attempts remain.
+    Returns the in-process reports, the gRPC reports and the discarded ones."""
+    local: list[Report] = []
+    remote: list[Report] = []
+    discarded: list[Report] = []
+    async with started_service(config) as service:
+        for load in loads:
+            kept = 0
+            attempts = repeat * QUIET_ATTEMPTS
+            for attempt in range(attempts):
+                pair = [
+                    *await _in_process_with(service, data, [load]),
+                    *await _through_grpc(target, data, [load], processes, pid),
+                ]
+                last_chance = repeat - kept >= attempts - attempt
+                if _noisy(pair, max_other_cpu) and not last_chance:
+                    discarded += pair
+                    continue
+                local.append(pair[0])
+                remote.append(pair[1])
+                kept += 1
+                if kept == repeat:
+                    break
+    return local, remote, discarded
+
+
+def _noisy(pair: Sequence[Report], max_other_cpu: float | None) -> bool:
+    """Whether other processes took more than `max_other_cpu` % of the machine during either run
+    (unknown counts as quiet: a --server we did not start is not ours to account for)."""
+    if max_other_cpu is None:
+        return False
+    return any(r.other_cpu_pct is not None and r.other_cpu_pct > max_other_cpu for r in pair)
+
+
+async def _in_process(config: server_config.ServerConfig, data: bytes, loads: Sequence[Load]) -> list[Report]:
+    async with started_service(config) as service:
+        return await _in_process_with(service, data, loads)
+
+
+async def _in_process_with(service: DetectionService, data: bytes, loads: Sequence[Load]) -> list[Report]:
+    return [Report.of("in-process", load, 0, await in_process_load(service, data, load)) for load in loads]
+
+
+def check_server(target: str) -> None:
+    """Fail at once, with gRPC's reason, when nothing answers at `target`; wait while it loads."""
+    with FaceDetectorClient(target) as client:
+        if client.health(timeout=10) != "SERVING":
+            client.wait_until_serving(120)
+
+
+async def _through_grpc(
+    target: str, data: bytes, loads: Sequence[Load], processes: int, pid: int | None
+) -> list[Report]:
+    request = pb.DetectFacesRequest(encoded=data).SerializeToString()
+    reports = []
+    for load in loads:
+        count = processes or math.ceil(load.in_flight / CLIENTS_PER_PROCESS)
+        count = len(split(load.concurrency, count))
+        samples = await grpc_run(target, request, load, count, pid)
+        reports.append(Report.of("grpc-stream" if load.stream else "grpc", load, count, samples))
+    return reports
+
+
+def _print(result: dict[str, Any], reports: Sequence[Report], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result, default=asdict, indent=2))
+    else:
+        info = result["machine"]
+        print(f"machine: {info['cpus']} CPUs, {info['cpu_model']}")
+        for report in reports:
+            print("\n".join(report.lines()))
+    if any(report.requests == 0 for report in reports):
+        print("facedet bench: a run completed no requests; see the errors above", file=sys.stderr)
+        return 1
+    return 0
