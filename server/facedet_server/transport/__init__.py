@@ -1,0 +1,1 @@
+"""faces -> the wire: gRPC today (`grpc`: servicer, proto mapping, health)."""

@@ -1,0 +1,2 @@
+"""The gRPC transport: the thin servicer (`servicer`), the proto <-> domain mapping
+(`messages`) and the health service."""
