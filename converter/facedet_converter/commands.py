@@ -1,5 +1,5 @@
-"""`facedet convert`: weights (upstream ONNX export, upstream .pt checkpoint, or our export) ->
-our dynamic-shape ONNX, and optionally a TensorRT engine with its sidecar.
+"""`facedet convert`: weights (upstream ONNX export, upstream .pt checkpoint, ncnn .param + .bin,
+or our export) -> our dynamic-shape ONNX, and optionally a TensorRT engine with its sidecar.
 
 Importing this module is cheap (no torch, no onnx): the `facedet` command builds its parser from
 it on every start.
@@ -31,13 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=Path,
         metavar="FILE",
-        help="upstream ONNX export (e.g. yolov5n-0.5.onnx), upstream training checkpoint (.pt), or our ONNX",
+        help="upstream ONNX export (e.g. yolov5n-0.5.onnx), upstream training checkpoint (.pt), ncnn graph "
+        "(.param, its .bin beside it; e.g. yolov5n-face's yolov5n.param), or our ONNX",
     )
     parser.add_argument(
         "--config",
         metavar="NAME",
-        help="model config (yolov5n-0.5, yolov5n, yolov5s, yolov5m, yolov5l, yolov5n6, yolov5s6, yolov5m6, "
-        "yolov5l6); default: recognised from the weights",
+        help="model config (yolov5n-0.5, yolov5n, yolov5n-face, yolov5s, yolov5m, yolov5l, yolov5n6, "
+        "yolov5s6, yolov5m6, yolov5l6); default: recognised from the weights",
     )
     out = parser.add_argument_group("ONNX")
     out.add_argument("--onnx", type=Path, metavar="OUT", help="write our float32 ONNX export here")
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from facedet_nn.model import count_parameters
     from facedet_server.model.network import size_multiple
-    from facedet_server.runtime.torch_model import load_network as load_weights
+    from facedet_server.runtime.torch_model import load_network
 
     from facedet_converter.engine_plan import make_profiles
     from facedet_converter.export import (
@@ -145,7 +146,7 @@ def _convert(args: argparse.Namespace) -> int:
     plan = _plan_engine(options) if options is not None else None
 
     started = time.monotonic()
-    model = load_weights(args.weights, args.config)
+    model = load_network(args.weights, args.config)
     multiple = size_multiple(model)
     print(
         f"{args.weights.name}: {model.config.name}, {count_parameters(model) / 1e6:.3f} M parameters (fused)"

@@ -268,8 +268,17 @@ def export_from_upstream_onnx(src: Path, dst: Path, *, check: bool = True) -> Pa
 def spec_for_weights(
     model: YoloFace, weights: Path, *, precision: str = "fp32", opset: int = DEFAULT_OPSET
 ) -> ModelSpec:
-    """model_spec naming `weights` (the file the user converted) as the source."""
-    sha = sha256_of(weights)
-    return model_spec(
-        model, source=describe_source(weights, sha), source_sha256=sha, precision=precision, opset=opset
-    )
+    """model_spec naming `weights` (the file the user converted) as the source. An ncnn model is
+    two files: the source names both, and the hash is the weights' (.bin)."""
+    from facedet_nn.loading import is_ncnn_param
+    from facedet_nn.ncnn_weights import bin_path_for
+
+    weights = Path(weights)
+    if is_ncnn_param(weights):
+        bin_path = bin_path_for(weights)
+        sha = sha256_of(bin_path)
+        source = f"{weights.name} + {bin_path.name}"
+    else:
+        sha = sha256_of(weights)
+        source = describe_source(weights, sha)
+    return model_spec(model, source=source, source_sha256=sha, precision=precision, opset=opset)

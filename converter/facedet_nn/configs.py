@@ -247,6 +247,10 @@ CONFIGS: dict[str, ModelConfig] = {
     for c in (
         _config("yolov5n-0.5", 1.0, 0.5, ANCHORS_P5, SHUFFLE_BACKBONE, SHUFFLE_HEAD),
         _config("yolov5n", 1.0, 1.0, ANCHORS_P5, SHUFFLE_BACKBONE, SHUFFLE_HEAD),
+        # yolov5n's architecture under the name of its published weights (the ncnn yolov5n-face
+        # files), so exports of them are served as yolov5n-face. After yolov5n: recognising an
+        # ONNX file or checkpoint by its layers still says yolov5n.
+        _config("yolov5n-face", 1.0, 1.0, ANCHORS_P5, SHUFFLE_BACKBONE, SHUFFLE_HEAD),
         _config("yolov5s", 0.33, 0.5, ANCHORS_P5, CSP_BACKBONE, CSP_HEAD),
         _config("yolov5m", 0.67, 0.75, ANCHORS_P5, CSP_BACKBONE, CSP_HEAD),
         _config("yolov5l", 1.0, 1.0, ANCHORS_P5, CSP_BACKBONE, CSP_HEAD),

@@ -1,4 +1,5 @@
-"""Weights files -> our network: upstream ONNX exports, our own exports, upstream checkpoints."""
+"""Weights files -> our network: upstream ONNX exports, our own exports, upstream checkpoints,
+ncnn models (`.param` with its `.bin` beside it)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ def is_checkpoint(path: Path) -> bool:
     return Path(path).suffix.lower() in (".pt", ".pth", ".ckpt") or zipfile.is_zipfile(path)
 
 
+def is_ncnn_param(path: Path) -> bool:
+    """An ncnn graph is named `.param` (its weights, `.bin`, sit beside it); it is text, not ONNX."""
+    return Path(path).suffix.lower() == ".param"
+
+
 def load_weights(path: Path, config_name: str | None = None, config: ModelConfig | None = None) -> YoloFace:
-    """Our fused float32 network from an ONNX export (upstream's or ours) or an upstream training
-    checkpoint. `config_name` forces a built-in config instead of recognising one; `config` (for
-    ONNX files) one the caller read elsewhere, such as an export's metadata."""
+    """Our fused float32 network from an ONNX export (upstream's or ours), an upstream training
+    checkpoint, or an ncnn `.param` (with its `.bin`). `config_name` forces a built-in config
+    instead of recognising one; `config` (for ONNX and ncnn files) one the caller read elsewhere,
+    such as an export's metadata."""
     from facedet_nn.checkpoint import import_checkpoint
+    from facedet_nn.ncnn_weights import import_ncnn
     from facedet_nn.onnx_weights import import_onnx
 
     path = Path(path)
@@ -28,4 +36,6 @@ def load_weights(path: Path, config_name: str | None = None, config: ModelConfig
         return import_checkpoint(path, config_name)
     if config_name:
         config = get_config(config_name)
+    if is_ncnn_param(path):
+        return import_ncnn(path, config=config)
     return import_onnx(path, config)

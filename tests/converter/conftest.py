@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from converter_testdata import IMAGES, SAMPLE_IMAGES, UPSTREAM_ONNX
+from converter_testdata import IMAGES, SAMPLE_IMAGES, SHARED, UPSTREAM_ONNX
 
 
 def require(path: Path) -> Path:
@@ -25,6 +25,15 @@ def require(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def upstream_onnx() -> Path:
     return require(UPSTREAM_ONNX)
+
+
+@pytest.fixture(scope="session")
+def ncnn_yolov5n_face() -> Path:
+    """The yolov5n-face ncnn graph (`yolov5n.param`, its `.bin` beside it) from the shared data."""
+    param = Path(SHARED) / "models" / "ncnn" / "yolov5n.param"
+    if not (param.is_file() and param.with_suffix(".bin").is_file()):
+        pytest.skip(f"{param} and its .bin not found; set FACEDET_SHARED to the shared data folder")
+    return param
 
 
 @pytest.fixture(scope="session")

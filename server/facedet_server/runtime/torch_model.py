@@ -18,13 +18,13 @@ def load_network(path: Path, config_name: str | None = None) -> YoloFace:
     """Our fused float32 network from any weights file we read; an export of ours brings back
     the config it records (anchors a training run may have changed included)."""
     from facedet_nn.configs import ModelConfig
-    from facedet_nn.loading import is_checkpoint, load_weights
+    from facedet_nn.loading import is_checkpoint, is_ncnn_param, load_weights
 
     from facedet_server.model.onnx_metadata import read_spec
 
     path = Path(path)
     config = None
-    if config_name is None and path.is_file() and not is_checkpoint(path):
+    if config_name is None and path.is_file() and not (is_checkpoint(path) or is_ncnn_param(path)):
         spec = read_spec(path)
         if spec is not None and "config" in spec.extra:
             config = ModelConfig.from_dict(json.loads(spec.extra["config"]), spec.name)
