@@ -23,7 +23,7 @@ def jpeg_orientation(data: bytes | memoryview) -> int:
     """The EXIF orientation of a JPEG (1..8), or 1 where there is none or it is unreadable: a
     broken EXIF block must not fail an image that decodes."""
     view = memoryview(data)
-    if view[:2] != b"\xff\xd8":
+    if bytes(view[:2]) != b"\xff\xd8":
         return UPRIGHT
     offset = 2
     while offset + 4 <= len(view):
@@ -36,7 +36,7 @@ def jpeg_orientation(data: bytes | memoryview) -> int:
         if length < 2:
             return UPRIGHT
         segment = view[offset + 4 : offset + 2 + length]
-        if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
+        if marker == 0xE1 and bytes(segment[:6]) == b"Exif\x00\x00":
             return _tiff_orientation(segment[6:])
         offset += 2 + length
     return UPRIGHT
