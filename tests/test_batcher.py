@@ -51,6 +51,14 @@ class Recorder:
                 self.running -= 1
 
 
+def batcher_config(
+    max_batch: int = 8, max_delay_ms: float = 2.0, max_queue: int = 256, workers: int = 1
+) -> BatcherConfig:
+    """A BatcherConfig with what these tests leave unsaid: a queue no test fills unless it says
+    so, and one worker."""
+    return BatcherConfig(max_batch, max_delay_ms, max_queue, workers)
+
+
 async def with_batcher(
     process: Callable[[Sequence[int]], Sequence[int | BaseException]],
     config: BatcherConfig,
@@ -77,7 +85,7 @@ def test_concurrent_submits_are_grouped_up_to_max_batch_in_order() -> None:
     async def body(batcher: Batcher[int, int]) -> list[int]:
         return await asyncio.gather(*(batcher.submit(i) for i in range(10)))
 
-    results = run(with_batcher(recorder, BatcherConfig(max_batch=4, max_delay_ms=50), body))
+    results = run(with_batcher(recorder, batcher_config(max_batch=4, max_delay_ms=50), body))
     assert results == [i * 2 for i in range(10)]  # each caller gets its own item's result
     assert recorder.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
@@ -94,7 +102,7 @@ def test_counters_and_depth() -> None:
         return depth, batcher.batches, batcher.items
 
     depth, batches, items = run(
-        with_batcher(recorder, BatcherConfig(max_batch=2, max_delay_ms=1), body, start=False)
+        with_batcher(recorder, batcher_config(max_batch=2, max_delay_ms=1), body, start=False)
     )
     assert depth == 5
     assert (batches, items) == (3, 5)
@@ -110,7 +118,7 @@ def test_lone_item_on_an_idle_batcher_runs_at_once() -> None:
         return time.perf_counter() - start
 
     # Nothing else is running, so waiting 5 s for company would only add latency.
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=5000), body)) < 0.5
+    assert run(with_batcher(recorder, batcher_config(max_batch=8, max_delay_ms=5000), body)) < 0.5
 
 
 def test_while_a_batch_runs_a_lone_item_waits_for_the_delay_and_no_longer() -> None:
@@ -123,7 +131,7 @@ def test_while_a_batch_runs_a_lone_item_waits_for_the_delay_and_no_longer() -> N
         lone = await batcher.submit(2)
         return [await busy, lone]
 
-    config = BatcherConfig(max_batch=8, max_delay_ms=200, workers=2)
+    config = batcher_config(max_batch=8, max_delay_ms=200, workers=2)
     results = run(with_batcher(recorder, config, body, on_start=queued.__setitem__))
     assert results == [2, 4]
     assert recorder.batches == [[1], [2]]
@@ -139,7 +147,7 @@ def test_full_batch_does_not_wait_for_the_delay() -> None:
         await asyncio.gather(*(batcher.submit(i) for i in range(4)))
         return time.perf_counter() - start
 
-    elapsed = run(with_batcher(recorder, BatcherConfig(max_batch=4, max_delay_ms=5000), body))
+    elapsed = run(with_batcher(recorder, batcher_config(max_batch=4, max_delay_ms=5000), body))
     assert elapsed < 1.0
     assert recorder.batches == [[0, 1, 2, 3]]
 
@@ -155,7 +163,7 @@ def test_items_arriving_within_the_delay_join_the_batch() -> None:
         second = asyncio.ensure_future(batcher.submit(2))
         return list(await asyncio.gather(busy, first, second))
 
-    config = BatcherConfig(max_batch=8, max_delay_ms=400, workers=2)
+    config = batcher_config(max_batch=8, max_delay_ms=400, workers=2)
     assert run(with_batcher(recorder, config, body)) == [0, 2, 4]
     assert recorder.batches == [[0], [1, 2]]
 
@@ -176,7 +184,7 @@ def test_full_queue_is_overloaded() -> None:
         results.append(await batcher.submit(5))
         return results
 
-    config = BatcherConfig(max_batch=8, max_delay_ms=1, max_queue=3)
+    config = batcher_config(max_batch=8, max_delay_ms=1, max_queue=3)
     assert run(with_batcher(recorder, config, body, start=False)) == [0, 2, 4, 10]
     assert 99 not in [i for b in recorder.batches for i in b]
 
@@ -193,7 +201,7 @@ def test_a_failing_batch_fails_all_its_items_and_the_next_batch_works() -> None:
         assert all(isinstance(e, RuntimeError) and str(e) == "model exploded" for e in doomed), doomed
         return list(await asyncio.gather(*(batcher.submit(i) for i in (4, 5))))
 
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=3, max_delay_ms=20), body)) == [8, 10]
+    assert run(with_batcher(recorder, batcher_config(max_batch=3, max_delay_ms=20), body)) == [8, 10]
     assert recorder.batches == [[1, 666, 3], [4, 5]]
 
 
@@ -204,7 +212,7 @@ def test_an_exception_in_one_slot_fails_only_that_item() -> None:
     async def body(batcher: Batcher[int, int]) -> list[object]:
         return list(await asyncio.gather(*(batcher.submit(i) for i in (1, -2, 3)), return_exceptions=True))
 
-    results = run(with_batcher(process, BatcherConfig(max_batch=3, max_delay_ms=20), body))
+    results = run(with_batcher(process, batcher_config(max_batch=3, max_delay_ms=20), body))
     assert results[0] == 2 and results[2] == 6
     assert isinstance(results[1], ValueError) and str(results[1]) == "bad -2"
 
@@ -216,7 +224,7 @@ def test_wrong_number_of_results_fails_the_batch() -> None:
     async def body(batcher: Batcher[int, int]) -> list[object]:
         return list(await asyncio.gather(*(batcher.submit(i) for i in (1, 2)), return_exceptions=True))
 
-    results = run(with_batcher(process, BatcherConfig(max_batch=2, max_delay_ms=20), body))
+    results = run(with_batcher(process, batcher_config(max_batch=2, max_delay_ms=20), body))
     assert all(isinstance(r, RuntimeError) and "batch of 2 produced 1 results" in str(r) for r in results)
 
 
@@ -234,7 +242,7 @@ def test_close_with_drain_finishes_queued_items_then_refuses() -> None:
         assert info.value.code is Code.UNAVAILABLE
         return [t.result() for t in tasks]
 
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=2, max_delay_ms=1), body)) == [
+    assert run(with_batcher(recorder, batcher_config(max_batch=2, max_delay_ms=1), body)) == [
         0,
         2,
         4,
@@ -257,7 +265,7 @@ def test_close_without_drain_fails_queued_items_as_unavailable() -> None:
         running.cancel()
         return list(await asyncio.gather(*queued, return_exceptions=True))
 
-    results = run(with_batcher(recorder, BatcherConfig(max_batch=1, max_delay_ms=0), body))
+    results = run(with_batcher(recorder, batcher_config(max_batch=1, max_delay_ms=0), body))
     assert all(isinstance(r, Unavailable) and "shut down" in r.message for r in results), results
     assert recorder.batches == [[1]]
 
@@ -269,7 +277,7 @@ def test_idle_close_returns_at_once() -> None:
         await batcher.close(drain=True)
         return time.perf_counter() - start
 
-    assert run(with_batcher(Recorder(), BatcherConfig(max_delay_ms=1), body)) < 0.5
+    assert run(with_batcher(Recorder(), batcher_config(max_delay_ms=1), body)) < 0.5
 
 
 def test_on_start_gets_the_time_each_item_queued() -> None:
@@ -279,7 +287,7 @@ def test_on_start_gets_the_time_each_item_queued() -> None:
     async def body(batcher: Batcher[int, int]) -> None:
         await asyncio.gather(batcher.submit(1), batcher.submit(2))
 
-    config = BatcherConfig(max_batch=1, max_delay_ms=0)
+    config = batcher_config(max_batch=1, max_delay_ms=0)
     run(with_batcher(recorder, config, body, on_start=lambda item, waited: started.append((item, waited))))
     assert [item for item, _ in started] == [1, 2]
     assert 0 <= started[0][1] < 0.1  # went straight in
@@ -297,7 +305,7 @@ def test_cancelled_callers_are_skipped() -> None:
         batcher.start()
         return list(await asyncio.gather(*tasks, return_exceptions=True))
 
-    results = run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=10), body, start=False))
+    results = run(with_batcher(recorder, batcher_config(max_batch=8, max_delay_ms=10), body, start=False))
     assert results[0] == 2 and results[2] == 6
     assert isinstance(results[1], asyncio.CancelledError)
     assert recorder.batches == [[1, 3]]
@@ -315,7 +323,7 @@ def test_a_batch_of_only_cancelled_callers_is_not_run() -> None:
         # The worker is still alive afterwards.
         return await batcher.submit(2)
 
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=8, max_delay_ms=1), body, start=False)) == 4
+    assert run(with_batcher(recorder, batcher_config(max_batch=8, max_delay_ms=1), body, start=False)) == 4
     assert recorder.batches == [[2]]
 
 
@@ -330,7 +338,7 @@ def test_two_workers_run_two_batches_at_once() -> None:
     async def body(batcher: Batcher[int, int]) -> list[int]:
         return list(await asyncio.gather(batcher.submit(1), batcher.submit(2)))
 
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=1, max_delay_ms=0, workers=2), body)) == [2, 4]
+    assert run(with_batcher(recorder, batcher_config(max_batch=1, max_delay_ms=0, workers=2), body)) == [2, 4]
     assert recorder.most_running == 2
 
 
@@ -340,7 +348,7 @@ def test_one_worker_runs_one_batch_at_a_time() -> None:
     async def body(batcher: Batcher[int, int]) -> list[int]:
         return list(await asyncio.gather(*(batcher.submit(i) for i in range(4))))
 
-    assert run(with_batcher(recorder, BatcherConfig(max_batch=1, max_delay_ms=0, workers=1), body)) == [
+    assert run(with_batcher(recorder, batcher_config(max_batch=1, max_delay_ms=0, workers=1), body)) == [
         0,
         2,
         4,
@@ -352,10 +360,10 @@ def test_one_worker_runs_one_batch_at_a_time() -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        BatcherConfig(max_batch=0),
-        BatcherConfig(max_queue=0),
-        BatcherConfig(workers=0),
-        BatcherConfig(max_delay_ms=-1),
+        batcher_config(max_batch=0),
+        batcher_config(max_queue=0),
+        batcher_config(workers=0),
+        batcher_config(max_delay_ms=-1),
     ],
 )
 def test_invalid_config(config: BatcherConfig) -> None:
@@ -376,7 +384,7 @@ def test_drain_with_two_workers_finishes_a_batch_still_filling() -> None:
         assert lone in done, "the caller of an item accepted before close() never got an answer"
         return [*(t.result() for t in full), lone.result()]
 
-    config = BatcherConfig(max_batch=4, max_delay_ms=300, workers=2)
+    config = batcher_config(max_batch=4, max_delay_ms=300, workers=2)
     assert run(with_batcher(recorder, config, body)) == [0, 2, 4, 6, 200]
 
 
@@ -391,10 +399,10 @@ def test_close_without_drain_answers_the_batch_in_flight() -> None:
         assert running in done, "the caller of the batch in flight never got an answer"
         return running.result() if running.exception() is None else running.exception()
 
-    outcome = run(with_batcher(recorder, BatcherConfig(max_batch=1, max_delay_ms=0), body))
+    outcome = run(with_batcher(recorder, batcher_config(max_batch=1, max_delay_ms=0), body))
     assert outcome == 2 or isinstance(outcome, Unavailable)
 
 
 def test_nan_delay_is_rejected() -> None:
     with ThreadPoolExecutor(1) as executor, pytest.raises(ValueError, match="invalid batcher config"):
-        Batcher(Recorder(), executor, BatcherConfig(max_delay_ms=float("nan")))
+        Batcher(Recorder(), executor, batcher_config(max_delay_ms=float("nan")))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from facedet_server.app.config import (
+    GROUPS,
     SETTINGS,
     ServerConfig,
     Setting,
@@ -17,6 +18,7 @@ from facedet_server.app.config import (
     listen_addresses,
     resolve_automatic,
     runs_on_gpu,
+    settings_table,
     validate,
 )
 
@@ -202,6 +204,26 @@ def test_help_lists_every_setting_with_its_environment_variable() -> None:
     assert "[env FACEDET_LISTEN; default 0.0.0.0:50051]" in text
 
 
+def test_help_shows_the_settings_under_their_groups() -> None:
+    parser = argparse.ArgumentParser(prog="facedet serve")
+    add_arguments(parser, {})
+    text = parser.format_help()
+    positions = [text.index(f"\n{group.title}:\n") for group in GROUPS]
+    assert positions == sorted(positions)  # each group once, in GROUPS order
+    for setting in SETTINGS:
+        group = GROUPS.index(setting.group)
+        after = positions[group + 1] if group + 1 < len(GROUPS) else len(text)
+        assert positions[group] < text.index(f"  {setting.flag} ") < after, setting.flag
+
+
+def test_every_group_has_settings_and_every_setting_a_known_type() -> None:
+    assert {s.group for s in SETTINGS} == set(GROUPS)
+    parsers = {s.name: s.parse for s in SETTINGS}
+    assert (parsers["max_batch"], parsers["max_delay_ms"], parsers["model"]) == (int, float, str)
+    assert parse([], {"FACEDET_REUSE_PORT": "yes"}).reuse_port is True
+    assert [s.name for s in SETTINGS if s.repeatable] == ["listen", "front_end_listen"]
+
+
 @pytest.mark.parametrize(("env", "value"), [("FACEDET_BACKEND", "bogus"), ("FACEDET_LOG_LEVEL", "loud")])
 def test_environment_value_outside_the_choices_is_rejected(env: str, value: str) -> None:
     with pytest.raises((ValueError, SystemExit)):
@@ -306,9 +328,17 @@ def readme_row(setting: Setting) -> str:
     return f"| `{setting.flag}` | `{setting.env}` | {shown} | {setting.help} |"
 
 
+REGENERATE = (
+    "regenerate the README's table with: .venv/bin/python -c "
+    "'from facedet_server.app.config import settings_table; print(settings_table())'"
+)
+
+
 def test_the_readme_lists_every_setting_as_the_code_has_it() -> None:
-    """The README's settings table is the code's SETTINGS, row for row: a setting added, renamed
-    or re-documented without the table fails here."""
+    """The README's settings table is the code's SETTINGS, group by group and row for row: a
+    setting added, renamed or re-documented without the table fails here."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = [line for line in readme.splitlines() if line.startswith("| `--")]
-    assert table == [readme_row(s) for s in SETTINGS]
+    in_groups = [s for group in GROUPS for s in SETTINGS if s.group is group]
+    assert table == [readme_row(s) for s in in_groups], REGENERATE
+    assert settings_table() in readme, REGENERATE

@@ -1,4 +1,6 @@
-"""Server configuration: one table of settings, each a CLI flag with a FACEDET_* environment twin.
+"""Server configuration. Each setting is declared once, as a field of `ServerConfig`: its type,
+default, bounds or choices, help text and group. Its flag (--name-with-dashes), its environment
+twin (FACEDET_NAME), `--help`, validation and the README's table all come from that field.
 
 A flag on the command line wins over the environment, which wins over the default. Settings whose
 best value depends on where the model runs (the CPU or a GPU) default to 0, automatic:
@@ -9,29 +11,98 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Setting:
-    name: str  # attribute on ServerConfig; flag is --name-with-dashes, env FACEDET_NAME
-    default: Any
+class Group:
+    """A heading of `--help` and of the README's table."""
+
+    title: str
+    description: str
+
+
+TRANSPORT = Group("transport", "where and how gRPC is served")
+MODEL_AND_DEVICE = Group("model and device", "which model runs, on what runtime and device")
+REQUEST_LIMITS = Group("limits", "what one request may ask for, and the defaults it gets")
+BATCHING = Group("batching", "how requests are grouped into model runs")
+TOPOLOGY = Group("process topology", "gRPC front-end processes and the engine processes they feed")
+LOGGING = Group("logging and upkeep", "logs, summaries and memory")
+GROUPS: tuple[Group, ...] = (TRANSPORT, MODEL_AND_DEVICE, REQUEST_LIMITS, BATCHING, TOPOLOGY, LOGGING)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a setting accepts. NaN is never inside: every comparison with it is false."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # `low` itself is outside
+    multiple_of: int | None = None
+    note: str = ""  # appended to the problem, e.g. what 0 means
+    text: str | None = None  # says what is accepted, in place of the generated ">= low"
+
+    def problems(self, name: str, value: float, is_float: bool) -> list[str]:
+        problems = []
+        inside = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        if inside and self.high is not None:
+            inside = value <= self.high
+        if not inside:
+            problems.append(f"{name} must be {self.text or self._describe(is_float)}{self.note}")
+        if self.multiple_of and value % self.multiple_of:
+            problems.append(f"{name} must be a multiple of {self.multiple_of}")
+        return problems
+
+    def _describe(self, is_float: bool) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        number = "a number " if is_float else ""
+        return f"{number}{'>' if self.low_open else '>='} {self.low:g}"
+
+
+AUTOMATIC = " (0 = automatic)"
+POSITIVE = Bounds(low=1)
+NOT_NEGATIVE = Bounds(low=0)
+ZERO_IS_AUTOMATIC = Bounds(low=0, note=AUTOMATIC)
+FRACTION = Bounds(low=0, high=1, low_open=True)  # (0, 1]
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a `ServerConfig` field says about itself beyond its name, type and default."""
+
     help: str
-    parse: Callable[[str], Any] = str
-    repeatable: bool = False
+    group: Group
+    bounds: Bounds | None = None
     choices: tuple[str, ...] | None = None
 
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
 
-    @property
-    def env(self) -> str:
-        return "FACEDET_" + self.name.upper()
+_DECLARATION = "facedet.setting"  # the key of a Declaration in a field's metadata
+
+
+def declare(
+    help: str, group: Group, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None
+) -> dict[str, Declaration]:
+    """A `ServerConfig` field's metadata: `field(default_factory=..., metadata=declare(...))`,
+    for the list settings, whose default must be a fresh list for each instance."""
+    return {_DECLARATION: Declaration(help, group, bounds, choices)}
+
+
+def setting(
+    default: T,
+    help: str,
+    group: Group,
+    *,
+    bounds: Bounds | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> T:
+    """A `ServerConfig` field with an immutable default, declared once."""
+    return field(default=default, metadata=declare(help, group, bounds=bounds, choices=choices))
 
 
 def _bool(text: str) -> bool:
@@ -53,12 +124,11 @@ class AutomaticValues:
 
 
 # The CPU values are the fixed defaults this server was tuned with on the CPU, so a CPU server
-# behaves as it did before they became automatic. The GPU batching values are what the GPU runs in
-# docs/benchmarks.md used: batches of 64 with three in flight gave several times the throughput
-# of 8 and 1, and a queue of 1024 holds 16 such batches (those runs set 4096). 1 ms for the
-# interpreter lock against Python's 5 gave 11% more unary throughput on the H200 (run AA), where
-# threads hand batches to each other all the time; on the 2-core CPU machine it gained nothing
-# (2% less, within that machine's spread), so the CPU keeps Python's own.
+# behaves as it did before they became automatic. The GPU values are what the GPU runs in
+# docs/benchmarks.md used (the figures are there): large batches with several in flight keep a
+# GPU busy, a queue of 16 such batches absorbs bursts, and a short interpreter-lock slice helps
+# threads that hand batches to each other all the time; on the CPU that slice gained nothing,
+# so the CPU keeps Python's own 5 ms.
 ON_CPU = AutomaticValues(max_batch=8, batch_workers=1, max_queue=256, gil_switch_ms=5.0)
 ON_GPU = AutomaticValues(max_batch=64, batch_workers=3, max_queue=1024, gil_switch_ms=1.0)
 
@@ -68,245 +138,338 @@ def _automatic(name: str) -> str:
     return f"0 = automatic: {getattr(ON_CPU, name):g} on the CPU, {getattr(ON_GPU, name):g} on a GPU"
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "model",
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every setting of `facedet serve`, grouped as `--help` shows them."""
+
+    # transport
+    listen: list[str] = field(
+        default_factory=lambda: ["0.0.0.0:50051"],
+        metadata=declare(
+            "address to serve on: HOST:PORT or unix:///path/to.sock; repeat for several "
+            "(env: comma-separated)",
+            TRANSPORT,
+        ),
+    )
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024,
+        "largest request message; larger gets RESOURCE_EXHAUSTED",
+        TRANSPORT,
+        bounds=POSITIVE,
+    )
+    stream_window: int = setting(
+        16, "frames of one stream processed at once (pipelining depth)", TRANSPORT, bounds=POSITIVE
+    )
+    grace_seconds: float = setting(
+        10.0,
+        "on SIGTERM, how long in-flight calls may finish before being cut",
+        TRANSPORT,
+        bounds=NOT_NEGATIVE,
+    )
+    reuse_port: bool = setting(
+        False,
+        "let other processes bind the same TCP port (SO_REUSEPORT); --processes sets it for its "
+        "children. Off by default, so a server started on a taken port fails instead of silently "
+        "sharing it",
+        TRANSPORT,
+    )
+
+    # model and device
+    model: str | None = setting(
         None,
         "model file (.onnx, or .plan with its .json sidecar) or a registry name; "
         "default: yolov5n-0.5, fetched into the cache if missing",
-    ),
-    Setting(
-        "listen",
-        ["0.0.0.0:50051"],
-        "address to serve on: HOST:PORT or unix:///path/to.sock; repeat for several (env: comma-separated)",
-        repeatable=True,
-    ),
-    Setting(
-        "backend",
+        MODEL_AND_DEVICE,
+    )
+    backend: str = setting(
         "auto",
         "model runtime; auto picks tensorrt for a .plan, torch when a CUDA GPU "
         "and torch are present, else onnxruntime",
+        MODEL_AND_DEVICE,
         choices=("auto", "onnxruntime", "torch", "tensorrt"),
-    ),
-    Setting("input_size", 640, "network input size: the long side for models with dynamic shapes", int),
-    Setting("max_batch", 0, f"most images in one model run; {_automatic('max_batch')}", int),
-    Setting("max_delay_ms", 2.0, "longest wait for a batch to fill before it runs", float),
-    Setting(
-        "max_queue",
+    )
+    input_size: int = setting(
+        640,
+        "network input size: the long side for models with dynamic shapes",
+        MODEL_AND_DEVICE,
+        bounds=Bounds(low=1, multiple_of=32),
+    )
+    device: str = setting("cuda:0", "GPU for the torch and tensorrt backends", MODEL_AND_DEVICE)
+    gpu_decode: str = setting(
+        "auto",
+        "decode JPEGs on the GPU with nvJPEG (torch backend; what nvJPEG refuses is decoded on "
+        "the CPU): auto, on, off",
+        MODEL_AND_DEVICE,
+        choices=("auto", "on", "off"),
+    )
+    compile: str = setting(
+        "default",
+        "torch backend: compile the model with inductor under the CUDA graphs (a first start "
+        "compiles three shapes, which takes minutes; later starts reuse $FACEDET_HOME/inductor): "
+        "default, max-autotune (longer compile), off",
+        MODEL_AND_DEVICE,
+        choices=("default", "max-autotune", "off"),
+    )
+    intra_op_threads: int = setting(
+        0,
+        "ONNX Runtime threads inside one operator (0 = its default)",
+        MODEL_AND_DEVICE,
+        bounds=ZERO_IS_AUTOMATIC,
+    )
+    inter_op_threads: int = setting(
+        1, "ONNX Runtime threads across operators", MODEL_AND_DEVICE, bounds=ZERO_IS_AUTOMATIC
+    )
+
+    # limits and request defaults
+    max_pixels: int = setting(
+        50_000_000, "largest image (width*height), checked before decoding", REQUEST_LIMITS, bounds=POSITIVE
+    )
+    max_faces: int = setting(
+        1000, "most faces per image a request may ask for", REQUEST_LIMITS, bounds=POSITIVE
+    )
+    min_confidence: float = setting(
+        0.5, "default confidence threshold for requests that leave it at 0", REQUEST_LIMITS, bounds=FRACTION
+    )
+    iou_threshold: float = setting(
+        0.5, "default NMS IoU threshold for requests that leave it at 0", REQUEST_LIMITS, bounds=FRACTION
+    )
+
+    # batching
+    max_batch: int = setting(
+        0, f"most images in one model run; {_automatic('max_batch')}", BATCHING, bounds=ZERO_IS_AUTOMATIC
+    )
+    max_delay_ms: float = setting(
+        2.0, "longest wait for a batch to fill before it runs", BATCHING, bounds=NOT_NEGATIVE
+    )
+    max_queue: int = setting(
         0,
         "requests waiting for a batch before new ones get RESOURCE_EXHAUSTED; " + _automatic("max_queue"),
-        int,
-    ),
-    Setting(
-        "batch_workers",
+        BATCHING,
+        bounds=ZERO_IS_AUTOMATIC,
+    )
+    batch_workers: int = setting(
         0,
         "batches in flight at once (2 or more overlap host work with GPU work); "
         + _automatic("batch_workers"),
-        int,
-    ),
-    Setting("decode_threads", 0, "threads decoding and letterboxing images (0 = number of CPUs)", int),
-    Setting("intra_op_threads", 0, "ONNX Runtime threads inside one operator (0 = its default)", int),
-    Setting("inter_op_threads", 1, "ONNX Runtime threads across operators", int),
-    Setting("stream_window", 16, "frames of one stream processed at once (pipelining depth)", int),
-    Setting(
-        "max_message_bytes", 16 * 1024 * 1024, "largest request message; larger gets RESOURCE_EXHAUSTED", int
-    ),
-    Setting("max_pixels", 50_000_000, "largest image (width*height), checked before decoding", int),
-    Setting("max_faces", 1000, "most faces per image a request may ask for", int),
-    Setting("min_confidence", 0.5, "default confidence threshold for requests that leave it at 0", float),
-    Setting("iou_threshold", 0.5, "default NMS IoU threshold for requests that leave it at 0", float),
-    Setting("grace_seconds", 10.0, "on SIGTERM, how long in-flight calls may finish before being cut", float),
-    Setting(
-        "log_format",
-        "auto",
-        "log format: json, console, or auto (console on a TTY, else json)",
-        choices=("auto", "json", "console"),
-    ),
-    Setting("log_level", "info", "log level", choices=("debug", "info", "warning", "error")),
-    Setting("summary_interval", 60.0, "seconds between summary log lines (0 = off)", float),
-    Setting(
-        "memory_trim_interval",
-        10.0,
-        "seconds between handing freed heap memory back to the OS (glibc malloc_trim), so RSS "
-        "follows the frames in flight instead of staying at the largest burst's (0 = off)",
-        float,
-    ),
-    Setting(
-        "processes",
+        BATCHING,
+        bounds=ZERO_IS_AUTOMATIC,
+    )
+    decode_threads: int = setting(
+        0,
+        "threads decoding and letterboxing images (0 = number of CPUs)",
+        BATCHING,
+        bounds=ZERO_IS_AUTOMATIC,
+    )
+    gil_switch_ms: float = setting(
+        0.0,
+        "milliseconds a Python thread may keep the interpreter lock while another waits for it "
+        "(sys.setswitchinterval); a short one suits a GPU, whose threads hand batches to each "
+        "other all the time; " + _automatic("gil_switch_ms"),
+        BATCHING,
+        bounds=Bounds(low=0, high=1000, note=AUTOMATIC),
+    )
+
+    # process topology
+    processes: int = setting(
         1,
         "gRPC server processes sharing the TCP ports (SO_REUSEPORT), for when one Python "
         "process cannot keep a GPU busy; they feed the engine process (--engines of them) or "
         "each run their own model (see --engine-process)",
-        int,
-    ),
-    Setting(
-        "front_end_listen",
-        [],
-        "with --processes: an address of each front end's own, beside the shared --listen ones, "
-        "so clients can spread their calls over the front ends (gRPC round_robin over the list) "
-        "rather than rely on SO_REUSEPORT's hash of their connections, which can leave a front "
-        "end idle; {i} becomes the front end's index (unix:///run/facedet/front-end-{i}.sock), "
-        "and HOST:PORT without {i} means PORT+i; repeat for several (env: comma-separated)",
-        repeatable=True,
-    ),
-    Setting(
-        "front_end_index",
+        TOPOLOGY,
+    )
+    front_end_listen: list[str] = field(
+        default_factory=list,
+        metadata=declare(
+            "with --processes: an address of each front end's own, beside the shared --listen ones, "
+            "so clients can spread their calls over the front ends (gRPC round_robin over the list) "
+            "rather than rely on SO_REUSEPORT's hash of their connections, which can leave a front "
+            "end idle; {i} becomes the front end's index (unix:///run/facedet/front-end-{i}.sock), "
+            "and HOST:PORT without {i} means PORT+i; repeat for several (env: comma-separated)",
+            TOPOLOGY,
+        ),
+    )
+    front_end_index: int = setting(
         -1,
         "which front end of --processes this process is (0..N-1, for --front-end-listen); set by "
         "--processes for its children, -1 otherwise",
-        int,
-    ),
-    Setting(
-        "engine_process",
+        TOPOLOGY,
+        bounds=Bounds(low=-1, text=">= 0, or -1 for a process that is no front end of --processes"),
+    )
+    engine_process: str = setting(
         "auto",
         "with --processes: run the model once, in a separate engine process that every gRPC "
         "front-end process feeds over a unix socket (on), or a whole pipeline in each process "
         "(off); auto = on for GPU backends (one CUDA context, batches merged across processes), "
         "off for ONNX Runtime on the CPU",
+        TOPOLOGY,
         choices=("auto", "on", "off"),
-    ),
-    Setting(
-        "engines",
+    )
+    engines: int = setting(
         1,
         "with an engine process: how many engine processes the front ends share (front end i "
         "uses engine i mod N); each has its own model, JPEG decoder and interpreter, and its own "
         "GPU memory",
-        int,
-    ),
-    Setting(
-        "role",
+        TOPOLOGY,
+        bounds=POSITIVE,
+    )
+    role: str = setting(
         "server",
         "server: gRPC and the model in this process; engine: only the model, serving front ends "
         "on --engine-socket (no gRPC); frontend: only gRPC, running the model in the engine at "
         "--engine-socket. --processes/--engine-process set these for their children",
+        TOPOLOGY,
         choices=("server", "engine", "frontend"),
-    ),
-    Setting(
-        "engine_threads",
+    )
+    engine_socket: str = setting(
+        "", "unix socket path between an engine and its front ends (--role)", TOPOLOGY
+    )
+    engine_threads: int = setting(
         0,
         "engine process: inference threads, each running one merged batch at a time (0 = "
         "--batch-workers); a front end's --batch-workers is then its batches in flight to the engine",
-        int,
-    ),
-    Setting(
-        "engine_max_batch",
+        TOPOLOGY,
+        bounds=ZERO_IS_AUTOMATIC,
+    )
+    engine_max_batch: int = setting(
         0,
         "engine process: most images in one merged batch across front ends (0 = --max-batch); "
         "larger than --max-batch lets the engine merge several front ends' batches into one",
-        int,
-    ),
-    Setting(
-        "gil_switch_ms",
-        0.0,
-        "milliseconds a Python thread may keep the interpreter lock while another waits for it "
-        "(sys.setswitchinterval); 0 = automatic: 1 on a GPU, whose threads hand batches to each "
-        "other all the time, and Python's own 5 on the CPU",
-        float,
-    ),
-    Setting("engine_socket", "", "unix socket path between an engine and its front ends (--role)"),
-    Setting(
-        "engine_wait",
+        TOPOLOGY,
+        bounds=ZERO_IS_AUTOMATIC,
+    )
+    engine_wait: float = setting(
         900.0,
         "seconds a front end waits for its engine to answer at start (a first start of a "
         "compiled model takes minutes)",
-        float,
-    ),
-    Setting(
-        "engine_timeout",
+        TOPOLOGY,
+        bounds=NOT_NEGATIVE,
+    )
+    engine_timeout: float = setting(
         120.0,
         "seconds a front end waits for its engine to answer one batch; past it the batch fails "
         "with UNAVAILABLE (a hung engine) and the next batch reconnects",
-        float,
-    ),
-    Setting(
-        "reuse_port",
-        False,
-        "let other processes bind the same TCP port (SO_REUSEPORT); --processes sets it for its "
-        "children. Off by default, so a server started on a taken port fails instead of silently "
-        "sharing it",
-        _bool,
-    ),
-    Setting("device", "cuda:0", "GPU for the torch and tensorrt backends"),
-    Setting(
-        "gpu_decode",
+        TOPOLOGY,
+        bounds=Bounds(low=0, low_open=True),
+    )
+
+    # logging and upkeep
+    log_format: str = setting(
         "auto",
-        "decode JPEGs on the GPU with nvJPEG (torch backend; what nvJPEG refuses is decoded on "
-        "the CPU): auto, on, off",
-        choices=("auto", "on", "off"),
-    ),
-    Setting(
-        "compile",
-        "default",
-        "torch backend: compile the model with inductor under the CUDA graphs (about 2.3x the "
-        "model's throughput; a first start compiles three shapes for 1-3 minutes, later starts "
-        "reuse $FACEDET_HOME/inductor): default, max-autotune (longer compile), off",
-        choices=("default", "max-autotune", "off"),
-    ),
-)
+        "log format: json, console, or auto (console on a TTY, else json)",
+        LOGGING,
+        choices=("auto", "json", "console"),
+    )
+    log_level: str = setting("info", "log level", LOGGING, choices=("debug", "info", "warning", "error"))
+    summary_interval: float = setting(
+        60.0, "seconds between summary log lines (0 = off)", LOGGING, bounds=NOT_NEGATIVE
+    )
+    memory_trim_interval: float = setting(
+        10.0,
+        "seconds between handing freed heap memory back to the OS (glibc malloc_trim), so RSS "
+        "follows the frames in flight instead of staying at the largest burst's (0 = off)",
+        LOGGING,
+        bounds=NOT_NEGATIVE,
+    )
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    model: str | None = None
-    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:50051"])
-    backend: str = "auto"
-    input_size: int = 640
-    max_batch: int = 0
-    max_delay_ms: float = 2.0
-    max_queue: int = 0
-    batch_workers: int = 0
-    decode_threads: int = 0
-    intra_op_threads: int = 0
-    inter_op_threads: int = 1
-    stream_window: int = 16
-    max_message_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_faces: int = 1000
-    min_confidence: float = 0.5
-    iou_threshold: float = 0.5
-    grace_seconds: float = 10.0
-    log_format: str = "auto"
-    log_level: str = "info"
-    summary_interval: float = 60.0
-    memory_trim_interval: float = 10.0
-    processes: int = 1
-    front_end_listen: list[str] = field(default_factory=list)
-    front_end_index: int = -1
-    engine_process: str = "auto"
-    engines: int = 1
-    role: str = "server"
-    engine_threads: int = 0
-    engine_max_batch: int = 0
-    gil_switch_ms: float = 0.0
-    engine_socket: str = ""
-    engine_wait: float = 900.0
-    engine_timeout: float = 120.0
-    reuse_port: bool = False
-    device: str = "cuda:0"
-    gpu_decode: str = "auto"
-    compile: str = "default"
+class Setting:
+    """One field of ServerConfig as the command line, the environment and the docs see it."""
+
+    name: str  # attribute on ServerConfig; flag --name-with-dashes, env FACEDET_NAME
+    default: Any
+    help: str
+    group: Group
+    parse: Callable[[str], Any] = str  # one flag or environment value -> the field's type
+    repeatable: bool = False  # a list: the flag repeats, the environment value is comma-separated
+    choices: tuple[str, ...] | None = None
+    bounds: Bounds | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "FACEDET_" + self.name.upper()
+
+    def problems(self, value: Any) -> list[str]:
+        if self.choices and value not in self.choices:  # argparse checks flags, not defaults
+            return [f"{self.name} must be one of {', '.join(self.choices)} ({self.env})"]
+        if self.bounds is None:
+            return []
+        return self.bounds.problems(self.name, value, self.parse is float)
 
 
-assert {s.name for s in SETTINGS} == {f.name for f in fields(ServerConfig)}, (
-    "SETTINGS and ServerConfig differ"
-)
+# How a field's type is read from one flag or environment value.
+_PARSERS: dict[Any, Callable[[str], Any]] = {int: int, float: float, bool: _bool, str: str, str | None: str}
+
+
+def _settings() -> tuple[Setting, ...]:
+    types = get_type_hints(ServerConfig)
+    settings = []
+    for f in fields(ServerConfig):
+        declared: Declaration = f.metadata[_DECLARATION]
+        kind = types[f.name]
+        repeatable = kind == list[str]
+        if not repeatable and kind not in _PARSERS:
+            raise TypeError(f"ServerConfig.{f.name}: no parser for {kind}")
+        settings.append(
+            Setting(
+                name=f.name,
+                default=f.default_factory() if callable(f.default_factory) else f.default,
+                help=declared.help,
+                group=declared.group,
+                parse=str if repeatable else _PARSERS[kind],
+                repeatable=repeatable,
+                choices=declared.choices,
+                bounds=declared.bounds,
+            )
+        )
+    return tuple(settings)
+
+
+SETTINGS: tuple[Setting, ...] = _settings()
+
+
+def shown_default(setting: Setting) -> str:
+    """The default as --help and the README show it: a list comma-separated."""
+    return ", ".join(setting.default) if setting.repeatable else str(setting.default)
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """Every setting as a flag of `parser`, under its group; a FACEDET_* variable in `environ`
+    (os.environ when None) becomes the flag's default."""
     env = os.environ if environ is None else environ
+    groups = {group: parser.add_argument_group(group.title, group.description) for group in GROUPS}
     for s in SETTINGS:
         default = copy.copy(s.default)
         if s.env in env:
             default = _from_env(s, env[s.env])
-        shown = ", ".join(s.default) if isinstance(s.default, list) else s.default
-        help_text = f"{s.help} [env {s.env}; default {shown}]"
+        help_text = f"{s.help} [env {s.env}; default {shown_default(s)}]"
+        group = groups[s.group]
         if s.repeatable:
-            parser.add_argument(s.flag, dest=s.name, action="append", default=None, help=help_text)
+            group.add_argument(s.flag, dest=s.name, action="append", default=None, help=help_text)
             parser.set_defaults(**{f"_{s.name}_default": default})
         else:
-            parser.add_argument(
+            group.add_argument(
                 s.flag, dest=s.name, type=s.parse, default=default, choices=s.choices, help=help_text
             )
+
+
+def settings_table() -> str:
+    """The README's table of settings (under "## Configuration"), one table per group."""
+    parts = []
+    for group in GROUPS:
+        rows = [_table_row(s) for s in SETTINGS if s.group is group]
+        header = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+        parts.append("\n".join([f"**{group.title.capitalize()}**: {group.description}.", "", *header, *rows]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _table_row(s: Setting) -> str:
+    default = f"`{shown_default(s)}`" if shown_default(s) else "(none)"
+    return f"| `{s.flag}` | `{s.env}` | {default} | {s.help} |"
 
 
 @dataclass(frozen=True)
@@ -341,54 +504,17 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def validate(config: ServerConfig) -> None:
-    problems = []
-    for name in (
-        "stream_window",
-        "max_message_bytes",
-        "max_pixels",
-        "max_faces",
-        "input_size",
-    ):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be >= 1")
-    if config.input_size % 32:
-        problems.append("input_size must be a multiple of 32")
-    for name in ("min_confidence", "iou_threshold"):
-        if not 0 < getattr(config, name) <= 1:  # also false for NaN
-            problems.append(f"{name} must be in (0, 1]")
-    for name in ("max_delay_ms", "grace_seconds", "summary_interval", "memory_trim_interval", "engine_wait"):
-        value = getattr(config, name)
-        if math.isnan(value) or value < 0:
-            problems.append(f"{name} must be a number >= 0")
-    for name in (
-        "max_batch",
-        "max_queue",
-        "batch_workers",
-        "decode_threads",
-        "intra_op_threads",
-        "inter_op_threads",
-        "engine_threads",
-        "engine_max_batch",
-    ):
-        if getattr(config, name) < 0:
-            problems.append(f"{name} must be >= 0 (0 = automatic)")
-    for setting in SETTINGS:
-        if setting.choices and getattr(config, setting.name) not in setting.choices:
-            problems.append(f"{setting.name} must be one of {', '.join(setting.choices)} ({setting.env})")
+    """Every problem at once: each setting against its own bounds and choices, then the rules
+    that tie several settings together."""
+    problems = [problem for s in SETTINGS for problem in s.problems(getattr(config, s.name))]
     if config.processes > 1 and any(a.startswith("unix:") for a in config.listen):
         problems.append(
             "--processes > 1 needs TCP --listen addresses only (a unix socket cannot be shared; "
             "give each front end its own with --front-end-listen unix:///path/front-end-{i}.sock)"
         )
-    if not 0 <= config.gil_switch_ms <= 1000:  # also false for NaN
-        problems.append("gil_switch_ms must be in [0, 1000] (0 = automatic)")
-    if not config.engine_timeout > 0:  # also false for NaN
-        problems.append("engine_timeout must be a number > 0")
     if config.role != "server" and not config.engine_socket:
         problems.append(f"--role {config.role} needs --engine-socket")
-    if config.engines < 1:
-        problems.append("engines must be >= 1")
-    elif config.engines > config.processes:
+    if config.engines >= 1 and config.engines > config.processes:  # engines < 1: its bounds say so
         problems.append("--engines cannot exceed --processes (each engine needs a front end)")
     if config.role != "server" and config.processes > 1:
         problems.append("--processes applies to --role server (it starts the engine and front ends)")
@@ -455,8 +581,8 @@ def _split_port(address: str) -> tuple[str, int]:
 
 
 def _front_end_problems(config: ServerConfig) -> list[str]:
-    if config.front_end_index < -1:
-        return ["front_end_index must be >= 0, or -1 for a process that is no front end of --processes"]
+    if config.front_end_index < -1:  # its bounds report it
+        return []
     if not config.front_end_listen or config.role == "engine":  # an engine serves no gRPC
         return []
     if supervises(config):

@@ -23,10 +23,12 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_batch: int = 8
-    max_delay_ms: float = 2.0
-    max_queue: int = 256  # requests waiting (not yet in a batch) before new ones are refused
-    workers: int = 1  # batches in flight at once (2+ overlaps host work with a GPU batch)
+    """No defaults: the server's come from its settings (facedet_server.app.config)."""
+
+    max_batch: int
+    max_delay_ms: float
+    max_queue: int  # requests waiting (not yet in a batch) before new ones are refused
+    workers: int  # batches in flight at once (2+ overlaps host work with a GPU batch)
 
 
 @dataclass
