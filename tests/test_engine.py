@@ -9,6 +9,7 @@ engine being killed and restarted."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import pickle
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgspec
 import numpy as np
 import pytest
 from facedet.client import FaceDetectorClient
@@ -33,14 +35,37 @@ from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server.app import supervisor
 from facedet_server.app.config import ServerConfig
-from facedet_server.engine.protocol import BatchDone, RunBatch
+from facedet_server.app.server import limits_for
+from facedet_server.engine import codec, protocol
+from facedet_server.engine.protocol import (
+    ArrayRef,
+    BatchDone,
+    BatchFailed,
+    DetectionWire,
+    EngineInfo,
+    GpuPreparedWire,
+    GpuPreparerWire,
+    Hello,
+    HostPreparerWire,
+    LetterboxWire,
+    LimitsWire,
+    Message,
+    OptionsWire,
+    PreparedWire,
+    RunBatch,
+    SpecWire,
+    TimingWire,
+)
 from facedet_server.engine.server import _Connection, _Job, _JobQueue
-from facedet_server.engine.wire import ConnectionClosed, recv_message, send_message
-from facedet_server.errors import Code, InvalidImage
+from facedet_server.engine.wire import ConnectionClosed, Frame, MalformedFrame, recv_message, send_message
+from facedet_server.errors import Code, DetectError, InvalidImage, Overloaded
 from facedet_server.faces.options import Options
-from facedet_server.model.spec import UPSTREAM_YOLOV5N_05
-from facedet_server.pipeline.gpu_prepare import GpuPrepared
-from facedet_server.pipeline.host import Detection, EncodedImage, HostPreparer, Limits, Prepared, Timing
+from facedet_server.image.inputs import EncodedImage
+from facedet_server.model.spec import UPSTREAM_YOLOV5N_05, ModelSpec
+from facedet_server.pipeline.base import Detection, Limits, Prepared, Timing
+from facedet_server.pipeline.gpu_prepare import GpuPrepared, GpuPreparer
+from facedet_server.pipeline.host import HostPreparer
+from facedet_server.tensor.letterbox import Letterbox
 from facedet_test_support import (
     EXPECTED_FACES,
     MODEL,
@@ -57,6 +82,7 @@ from facedet_test_support import (
 LIGHT = ("--decode-threads", "1", "--intra-op-threads", "1")
 PHOTOS = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg"]
 ENGINE_START_TIMEOUT = 60.0
+LIMITS = limits_for(ServerConfig())  # the server's defaults
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -164,11 +190,11 @@ def start_supervised(start_server: ServerFactory, *args: str, unix: bool = False
 
 
 def real_prepared() -> Prepared:
-    preparer = HostPreparer(UPSTREAM_YOLOV5N_05, Limits())
+    preparer = HostPreparer(UPSTREAM_YOLOV5N_05, LIMITS)
     return preparer.prepare(EncodedImage(image_bytes("zidane.jpg")), Options(min_confidence=0.4))
 
 
-def round_trip(message: Any) -> Any:
+def round_trip(message: Message, buffers: list[memoryview] | None = None) -> Frame:
     a, b = socket.socketpair()
     with a, b:
         # A sender thread: a message larger than the socket buffer blocks until it is read.
@@ -176,7 +202,7 @@ def round_trip(message: Any) -> Any:
 
         def send() -> None:
             try:
-                send_message(a, message)
+                send_message(a, message, buffers or [])
             except BaseException as exc:
                 errors.append(exc)
 
@@ -188,99 +214,176 @@ def round_trip(message: Any) -> Any:
         return received
 
 
-def test_wire_round_trips_bytes_arrays_and_prepared_images() -> None:
+def test_wire_round_trips_prepared_images() -> None:
     jpeg = image_bytes("sample.jpg")
-    floats = np.random.default_rng(0).random((3, 4, 5), dtype=np.float32)
-    fortran = np.asfortranarray(np.arange(24, dtype=np.int64).reshape(4, 6))
-    strided = np.arange(100, dtype=np.uint16)[::3]  # not contiguous: pickled in band
     prepared = real_prepared()
     gpu = GpuPrepared(Options(max_faces=7), 1024, 768, jpeg=jpeg)
     gpu.timing.decode_us = 42
-    message = RunBatch(
-        [b"raw \x00 bytes", floats, fortran, strided, np.zeros((0, 15), np.float32), prepared, gpu]
-    )
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    decoded = GpuPrepared(Options(), 7, 5, pixels=rgb[..., ::-1], scale=(0.5, 0.25))  # strided: a BGR view
 
-    got = round_trip(message)
+    message, buffers = codec.run_batch([prepared, gpu, decoded])
+    frame = round_trip(message, buffers)
 
-    assert isinstance(got, RunBatch)
-    raw, g_floats, g_fortran, g_strided, g_empty, g_prepared, g_gpu = got.items
-    assert raw == b"raw \x00 bytes"
-    for want, have in ((floats, g_floats), (fortran, g_fortran), (strided, g_strided)):
-        assert isinstance(have, np.ndarray)
-        assert (have.dtype, have.shape) == (want.dtype, want.shape)
-        np.testing.assert_array_equal(have, want)
-        assert have.flags.writeable, "a received array must be writable (the pipeline works in place)"
-    assert g_fortran.flags.f_contiguous
-    assert (g_empty.dtype, g_empty.shape) == (np.float32, (0, 15))
-
+    assert isinstance(frame.message, RunBatch)
+    g_prepared, g_gpu, g_decoded = codec.batch_items(frame.message, frame.buffers)
     assert isinstance(g_prepared, Prepared)
     assert g_prepared.canvas.shape == prepared.canvas.shape == (640, 640, 3)
+    assert g_prepared.canvas.dtype == np.uint8
     np.testing.assert_array_equal(g_prepared.canvas, prepared.canvas)
-    assert g_prepared.canvas.flags.writeable
+    assert g_prepared.canvas.flags.writeable, (
+        "a received array must be writable (the pipeline works in place)"
+    )
     g_prepared.canvas[0, 0, 0] ^= 1  # and really writable: no copy-on-write surprise
     assert (g_prepared.transform, g_prepared.options) == (prepared.transform, Options(min_confidence=0.4))
-    assert (g_prepared.width, g_prepared.height) == (1280, 720)
+    assert (g_prepared.width, g_prepared.height, g_prepared.timing) == (1280, 720, prepared.timing)
 
     assert isinstance(g_gpu, GpuPrepared)
-    assert isinstance(g_gpu.jpeg, memoryview), "the JPEG must travel out of band, not through the pickle"
+    assert isinstance(g_gpu.jpeg, memoryview), "the JPEG must travel out of band, as a view of the frame"
     assert g_gpu.jpeg.nbytes == len(jpeg) and bytes(g_gpu.jpeg) == jpeg
     assert (g_gpu.width, g_gpu.height, g_gpu.options) == (1024, 768, Options(max_faces=7))
-    assert g_gpu.pixels is None and g_gpu.timing == Timing(decode_us=42)
+    assert g_gpu.pixels is None and g_gpu.timing == Timing(decode_us=42) and g_gpu.scale == (1.0, 1.0)
+
+    assert isinstance(g_decoded, GpuPrepared) and g_decoded.jpeg is None and g_decoded.pixels is not None
+    np.testing.assert_array_equal(g_decoded.pixels, rgb[..., ::-1])
+    assert g_decoded.pixels.flags.c_contiguous and g_decoded.pixels.flags.writeable
+    assert g_decoded.scale == (0.5, 0.25)
+
+    # Every array and JPEG is a view of the one buffer the frame was received into.
+    assert len(frame.buffers) == 3 and len({id(view.obj) for view in frame.buffers}) == 1
+
+
+def test_wire_sends_contiguous_data_without_copying_it() -> None:
+    jpeg = image_bytes("zidane.jpg")
+    canvas = np.zeros((64, 64, 3), np.uint8)
+    prepared = Prepared(canvas, Letterbox(1.0, 1.0, 0.0, 0.0), 64, 64, Options())
+    _, buffers = codec.run_batch([GpuPrepared(Options(), 1280, 720, jpeg=jpeg), prepared])
+    assert buffers[0].obj is jpeg
+    assert np.shares_memory(np.frombuffer(buffers[1], np.uint8), canvas)
 
 
 def test_wire_round_trips_results_and_errors() -> None:
+    class EngineOwn(InvalidImage):
+        """An error class the wire does not know: it arrives as its nearest known base."""
+
+    class Busy(DetectError):
+        code = Code.UNAVAILABLE
+
     faces = np.arange(30, dtype=np.float32).reshape(2, 15)
-    sent = BatchDone([Detection(faces, 640, 480, Timing(inference_us=5)), InvalidImage("not a JPEG")])
-    got = round_trip(sent)
-    assert isinstance(got, BatchDone)
-    detection, error = got.results
+    results: list[Detection | DetectError] = [
+        Detection(faces, 640, 480, Timing(inference_us=5, batch_size=2)),
+        InvalidImage("not a JPEG"),
+        Detection(np.zeros((0, 15), np.float32), 32, 16, Timing()),
+        Overloaded("queue full"),
+        EngineOwn("odd JPEG"),
+        Busy("later"),
+    ]
+    message, buffers = codec.batch_done(results)
+    frame = round_trip(message, buffers)
+    assert isinstance(frame.message, BatchDone)
+    detection, error, empty, overloaded, own, busy = codec.batch_results(frame.message, frame.buffers)
     assert isinstance(detection, Detection)
     np.testing.assert_array_equal(detection.faces, faces)
-    assert (detection.width, detection.height, detection.timing.inference_us) == (640, 480, 5)
+    assert detection.faces.dtype == np.float32 and detection.faces.flags.writeable
+    assert (detection.width, detection.height, detection.timing) == (
+        640,
+        480,
+        Timing(inference_us=5, batch_size=2),
+    )
     assert isinstance(error, InvalidImage)
     assert (error.code, error.message) == (Code.INVALID_ARGUMENT, "not a JPEG")
+    assert isinstance(empty, Detection) and empty.faces.shape == (0, 15) and empty.faces.dtype == np.float32
+    assert type(overloaded) is Overloaded and overloaded.code is Code.RESOURCE_EXHAUSTED
+    assert type(own) is InvalidImage and own.message == "odd JPEG"
+    assert type(busy) is DetectError and busy.code is Code.UNAVAILABLE, "the status the caller gets"
+
+
+@pytest.mark.parametrize("kind", ["host", "gpu"])
+def test_wire_describes_the_engines_preparer_as_data(kind: str) -> None:
+    spec = dataclasses.replace(UPSTREAM_YOLOV5N_05, extra={"k": "v"}, input_height=None, batch_size=None)
+    limits = Limits(max_pixels=1234, max_faces=56)
+    preparer: HostPreparer | GpuPreparer = (
+        HostPreparer(spec, limits, 512) if kind == "host" else GpuPreparer(spec, limits, 800, False, False)
+    )
+    info = codec.engine_info(
+        preparer, spec, limits, backend="torch", device="cuda:0", model_sha256="ab" * 32, max_batch=64, pid=7
+    )
+    frame = round_trip(info)
+    assert isinstance(frame.message, EngineInfo) and frame.buffers == []
+    got = codec.preparer_of(frame.message.preparer)
+    assert type(got) is type(preparer) and got == preparer
+    assert codec.model_spec(frame.message.spec) == spec and codec.limits_of(frame.message.limits) == limits
+    assert (frame.message.backend, frame.message.device, frame.message.max_batch) == ("torch", "cuda:0", 64)
+    assert (frame.message.model_sha256, frame.message.pid) == ("ab" * 32, 7)
+
+
+def test_wire_round_trips_hello_and_batch_failed() -> None:
+    assert round_trip(Hello()).message == Hello()
+    assert round_trip(BatchFailed("RuntimeError: out of memory")).message == BatchFailed(
+        "RuntimeError: out of memory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("wire", "data"),
+    [
+        (SpecWire, ModelSpec),
+        (LimitsWire, Limits),
+        (TimingWire, Timing),
+        (OptionsWire, Options),
+        (LetterboxWire, Letterbox),
+        (HostPreparerWire, HostPreparer),
+        (GpuPreparerWire, GpuPreparer),
+        (PreparedWire, Prepared),
+        (GpuPreparedWire, GpuPrepared),
+        (DetectionWire, Detection),
+    ],
+)
+def test_wire_schemas_mirror_the_dataclasses(wire: type[msgspec.Struct], data: type[Any]) -> None:
+    """A field added to a pipeline dataclass must be added to the wire (and `codec`) too."""
+    assert wire.__struct_fields__ == tuple(f.name for f in dataclasses.fields(data))
 
 
 def test_wire_keeps_message_boundaries() -> None:
     a, b = socket.socketpair()
     with a, b:
         for i in range(3):
-            message = {"n": i, "data": np.full(i + 1, i, np.int32), "blob": GpuPrepared(Options(), 1, 1)}
-            send_message(a, message)
+            items = [
+                GpuPrepared(Options(), i + 1, 1, jpeg=bytes([i]) * (i + 1)),
+                GpuPrepared(Options(), 1, 1),
+            ]
+            send_message(a, *codec.run_batch(items))
+            faces = np.full((i, 15), i, np.float32)
+            send_message(a, *codec.batch_done([Detection(faces, 1, 1, Timing(total_us=i))]))
         for i in range(3):
-            got = recv_message(b)
-            assert got["n"] == i
-            np.testing.assert_array_equal(got["data"], np.full(i + 1, i, np.int32))
-
-
-def test_gpu_prepared_pickles_with_default_protocol() -> None:
-    jpeg = image_bytes("zidane.jpg")
-    item = GpuPrepared(Options(), 1280, 720, jpeg=jpeg, scale=(0.5, 0.5))
-    back = pickle.loads(pickle.dumps(item))
-    assert isinstance(back.jpeg, bytes) and back.jpeg == jpeg
-    assert (back.width, back.height, back.scale) == (1280, 720, (0.5, 0.5))
-    # Protocol 5 with no buffer callback: the buffer goes in band, still bytes.
-    in_band = pickle.loads(pickle.dumps(item, protocol=5))
-    assert bytes(in_band.jpeg) == jpeg
-    no_jpeg = pickle.loads(pickle.dumps(GpuPrepared(Options(), 2, 2, pixels=np.ones((2, 2, 3), np.uint8))))
-    assert no_jpeg.jpeg is None and no_jpeg.pixels.shape == (2, 2, 3)
+            frame = recv_message(b)
+            assert isinstance(frame.message, RunBatch)
+            first, second = codec.batch_items(frame.message, frame.buffers)
+            assert isinstance(first, GpuPrepared) and first.jpeg is not None
+            assert (first.width, bytes(first.jpeg)) == (i + 1, bytes([i]) * (i + 1))
+            assert isinstance(second, GpuPrepared) and second.jpeg is None
+            frame = recv_message(b)
+            assert isinstance(frame.message, BatchDone)
+            (detection,) = codec.batch_results(frame.message, frame.buffers)
+            assert isinstance(detection, Detection) and detection.timing.total_us == i
+            np.testing.assert_array_equal(detection.faces, np.full((i, 15), i, np.float32))
 
 
 def test_wire_peer_closing_between_frames_is_a_clean_close() -> None:
     a, b = socket.socketpair()
     with b:
-        send_message(a, "last")
+        send_message(a, BatchFailed("last"))
         a.close()
-        assert recv_message(b) == "last"
+        assert recv_message(b).message == BatchFailed("last")
         with pytest.raises(ConnectionClosed) as closed:
             recv_message(b)
         assert "middle" not in str(closed.value)
 
 
-def frame_bytes(message: Any) -> bytes:
+def frame_bytes(message: Message, buffers: list[memoryview] | None = None) -> bytes:
     a, b = socket.socketpair()
     with a, b:
-        send_message(a, message)
+        send_message(a, message, buffers or [])
         a.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := b.recv(1 << 20):
@@ -288,11 +391,35 @@ def frame_bytes(message: Any) -> bytes:
         return b"".join(chunks)
 
 
+def raw_frame(body: bytes, buffers: tuple[bytes, ...] = ()) -> bytes:
+    """A frame built by hand, as a foreign or broken writer would: header, lengths, body, buffers."""
+    lengths = b"".join(struct.pack("!Q", len(buffer)) for buffer in buffers)
+    return struct.pack("!QI", len(body), len(buffers)) + lengths + body + b"".join(buffers)
+
+
+def receive(data: bytes) -> Frame:
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=a.sendall, args=(data,))  # more than the socket buffer holds
+        sender.start()
+        try:
+            return recv_message(b)
+        finally:
+            a.shutdown(socket.SHUT_WR)  # what the receiver left unread no longer blocks the sender
+            b.close()
+            sender.join(10)
+
+
+def test_wire_frame_layout_is_header_lengths_body_buffers() -> None:
+    message, buffers = codec.run_batch([GpuPrepared(Options(), 1, 1, jpeg=b"x" * 4000)])
+    assert frame_bytes(message, buffers) == raw_frame(msgspec.msgpack.encode(message), (b"x" * 4000,))
+
+
 @pytest.mark.parametrize(
     "cut", [1, 11, 16, 30, -1000, -1], ids=["header", "count", "table", "body", "buffer", "last-byte"]
 )
 def test_wire_peer_closing_mid_frame_says_so(cut: int) -> None:
-    data = frame_bytes(RunBatch([GpuPrepared(Options(), 1, 1, jpeg=b"x" * 4000)]))
+    data = frame_bytes(*codec.run_batch([GpuPrepared(Options(), 1, 1, jpeg=b"x" * 4000)]))
     assert struct.unpack("!QI", data[:12])[1] == 1, "expected one out-of-band buffer"
     a, b = socket.socketpair()
     with b:
@@ -307,10 +434,10 @@ def test_wire_peer_closing_mid_frame_says_so(cut: int) -> None:
     "header",
     [
         struct.pack("!QI", 10, 0xFFFFFFFF),  # buffer count
-        struct.pack("!QI", 1 << 62, 0),  # pickle length
+        struct.pack("!QI", 1 << 62, 0),  # body length
         struct.pack("!QI", 10, 2) + struct.pack("!QQ", 5, 1 << 62),  # a buffer length
     ],
-    ids=["buffers", "pickle", "buffer-length"],
+    ids=["buffers", "body", "buffer-length"],
 )
 def test_wire_corrupt_header_is_a_connection_error(header: bytes) -> None:
     a, b = socket.socketpair()
@@ -320,6 +447,164 @@ def test_wire_corrupt_header_is_a_connection_error(header: bytes) -> None:
             recv_message(b)
     assert "corrupt" in str(corrupt.value)
     assert not isinstance(corrupt.value, ConnectionClosed)
+
+
+class _Planted:
+    """What a pickle-speaking writer could send: loading it would create `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.mkdir, (str(self.path),)
+
+
+TIMING = [0, 0, 0, 0, 0, 0]
+OPTIONS = [0.5, 0.5, 1000, 0.0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        msgspec.msgpack.encode(["Goodbye"]),
+        msgspec.msgpack.encode(["RunBatch", [["cpu", OPTIONS, 1, 1, None, None, [1.0, 1.0], TIMING]]]),
+        msgspec.msgpack.encode(["BatchFailed", 42]),
+        msgspec.msgpack.encode(["BatchFailed", "x", "an extra field"]),
+        msgspec.msgpack.encode({"type": "Hello"}),
+        msgspec.msgpack.encode(msgspec.msgpack.Ext(1, b"x")),
+        msgspec.msgpack.encode(
+            ["RunBatch", [["gpu", OPTIONS, 1, 1, None, [0, "object", [1]], [1.0, 1.0], TIMING]]]
+        ),
+        msgspec.msgpack.encode(["RunBatch", [["gpu", OPTIONS, 1, 1, -1, None, [1.0, 1.0], TIMING]]]),
+        msgspec.msgpack.encode(["BatchDone", [["error", "SystemExit", "INTERNAL", "bye"]]]),
+        msgspec.msgpack.encode(["BatchDone", [["error", "InvalidImage", "NOT_A_CODE", "x"]]]),
+        msgspec.msgpack.encode(["Hello"])[:-1],
+        b"\xc1",  # a byte msgpack never uses
+        b"",
+        pickle.dumps(BatchFailed("pickled")),
+    ],
+    ids=[
+        "unknown-message", "unknown-item", "wrong-type", "extra-field", "map-not-array", "ext-type",
+        "object-dtype", "negative-index", "unknown-error-class", "unknown-code", "truncated", "not-msgpack",
+        "empty", "pickle",
+    ],
+)  # fmt: skip
+def test_wire_refuses_a_frame_outside_the_schema(body: bytes) -> None:
+    with pytest.raises(ConnectionError, match="malformed frame") as refused:
+        receive(raw_frame(body, (b"\x00" * 8,)))
+    assert isinstance(refused.value, MalformedFrame) and not isinstance(refused.value, ConnectionClosed)
+
+
+def test_wire_never_loads_a_pickle(tmp_path: Path) -> None:
+    planted = tmp_path / "planted"
+    with pytest.raises(MalformedFrame):
+        receive(raw_frame(pickle.dumps(_Planted(planted), protocol=5)))
+    assert not planted.exists(), "decoding ran the writer's code"
+
+
+def _run_batch_frame(*items: Any, buffers: tuple[bytes, ...]) -> Frame:
+    return receive(raw_frame(msgspec.msgpack.encode(RunBatch(list(items))), buffers))
+
+
+WIRE_OPTIONS = OptionsWire(0.5, 0.5, 1000, 0.0)
+WIRE_TIMING = TimingWire(0, 0, 0, 0, 0, 0)
+IDENTITY = LetterboxWire(1.0, 1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("item", "complaint"),
+    [
+        (
+            PreparedWire(ArrayRef(1, "uint8", (2, 2, 3)), IDENTITY, 2, 2, WIRE_OPTIONS, WIRE_TIMING),
+            "buffer 1",
+        ),
+        (PreparedWire(ArrayRef(0, "uint8", (2, 2, 3)), IDENTITY, 2, 2, WIRE_OPTIONS, WIRE_TIMING), "shape"),
+        (PreparedWire(ArrayRef(0, "float32", (3, 1)), IDENTITY, 2, 2, WIRE_OPTIONS, WIRE_TIMING), "shape"),
+        (GpuPreparedWire(WIRE_OPTIONS, 1, 1, 3, None, (1.0, 1.0), WIRE_TIMING), "buffer 3"),
+        (
+            GpuPreparedWire(
+                WIRE_OPTIONS, 1, 1, None, ArrayRef(0, "uint8", (0, 1 << 62, 4)), (1, 1), WIRE_TIMING
+            ),
+            "",
+        ),
+    ],
+    ids=["index", "size", "itemsize", "jpeg-index", "absurd-shape"],
+)
+def test_wire_refuses_references_the_frame_cannot_back(item: Any, complaint: str) -> None:
+    frame = _run_batch_frame(item, buffers=(b"\x00" * 8,) if complaint != "" else (b"",))
+    assert isinstance(frame.message, RunBatch)
+    with pytest.raises(MalformedFrame, match=f"malformed frame.*{complaint}"):
+        codec.batch_items(frame.message, frame.buffers)
+
+
+def test_wire_refuses_a_spec_its_own_checks_refuse() -> None:
+    spec = msgspec.structs.replace(codec.spec_wire(UPSTREAM_YOLOV5N_05), strides=(8, 16))
+    with pytest.raises(MalformedFrame, match="anchor sets"):
+        codec.model_spec(spec)
+
+
+PROTOCOL_TYPES = {
+    cls for cls in vars(protocol).values() if isinstance(cls, type) and issubclass(cls, msgspec.Struct)
+}
+
+
+def declared_only(value: Any) -> None:
+    """Everything a decoded message holds: declared Structs, numbers, strings, tuples and lists."""
+    if isinstance(value, msgspec.Struct):
+        assert type(value) in PROTOCOL_TYPES, type(value)
+        for name in value.__struct_fields__:
+            declared_only(getattr(value, name))
+    elif isinstance(value, tuple | list):
+        for element in value:
+            declared_only(element)
+    elif isinstance(value, dict):
+        assert all(type(k) is str and type(v) is str for k, v in value.items())
+    else:
+        assert type(value) in (int, float, str, bool, type(None)), type(value)
+
+
+def test_wire_decodes_nothing_but_declared_types() -> None:
+    """Every byte of valid bodies flipped in turn: each frame is refused, or decodes to declared
+    types only, and the codec then yields the pipeline's dataclasses or refuses it."""
+    jpeg = b"\xff\xd8" + b"j" * 30
+    items: list[Prepared | GpuPrepared] = [
+        real_prepared(),
+        GpuPrepared(Options(), 4, 2, jpeg=jpeg),
+        GpuPrepared(Options(), 2, 1, pixels=np.ones((1, 2, 3), np.uint8)),
+    ]
+    results: list[Detection | DetectError] = [
+        Detection(np.ones((1, 15), np.float32), 4, 2, Timing()),
+        InvalidImage("x"),
+    ]
+    info = codec.engine_info(
+        GpuPreparer(UPSTREAM_YOLOV5N_05, LIMITS), UPSTREAM_YOLOV5N_05, LIMITS,
+        backend="torch", device="cuda", model_sha256="0" * 64, max_batch=8, pid=1,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "decoded": 0}
+    for message, views in (codec.run_batch(items), codec.batch_done(results), (info, [])):
+        body = msgspec.msgpack.encode(message)
+        buffers = tuple(bytes(view) for view in views)
+        for position in range(len(body)):
+            mutated = bytearray(body)
+            mutated[position] ^= int(rng.integers(1, 256))
+            try:
+                frame = receive(raw_frame(bytes(mutated), buffers))
+                declared_only(frame.message)
+                if isinstance(frame.message, RunBatch):
+                    got: list[Any] = codec.batch_items(frame.message, frame.buffers)
+                    assert all(type(item) in (Prepared, GpuPrepared) for item in got)
+                elif isinstance(frame.message, BatchDone):
+                    got = codec.batch_results(frame.message, frame.buffers)
+                    assert all(type(r) is Detection or isinstance(r, DetectError) for r in got)
+                elif isinstance(frame.message, EngineInfo):
+                    assert type(codec.preparer_of(frame.message.preparer)) in (HostPreparer, GpuPreparer)
+                    codec.model_spec(frame.message.spec)
+            except MalformedFrame:
+                outcomes["refused"] += 1
+            else:
+                outcomes["decoded"] += 1
+    assert outcomes["refused"] > 50 and outcomes["decoded"] > 50, outcomes
 
 
 # --- the engine's job queue ------------------------------------------------------------------
@@ -768,7 +1053,7 @@ def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 def test_engine_with_the_torch_pipeline_answers_like_a_plain_server(
     start_server: ServerFactory, plain_server: Server
 ) -> None:
-    """The GPU pipeline (GpuDetector with our PyTorch model, here on the CPU build of torch)
+    """The GPU pipeline (GpuPipeline with our PyTorch model, here on the CPU build of torch)
     behind the engine, as --backend torch runs it on a GPU: frames of a stream, several in
     flight, must come back in order with the plain server's faces."""
     server = start_supervised(

@@ -1,7 +1,8 @@
 """`EnginePipeline`: the `Pipeline` a front-end process runs when the model lives in an engine
-process. Requests are checked (and, off the GPU path, decoded) here with the engine's own
-`Preparer`; each batch the front end's `Batcher` forms goes to the engine on the calling
-inference thread's connection, and its results come back in order."""
+process. Requests are checked (and, off the GPU path, decoded) here with a `Preparer` equal to
+the engine's, built from the description the engine sends; each batch the front end's `Batcher`
+forms goes to the engine on the calling inference thread's connection, and its results come
+back in order."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facedet_server.engine.protocol import BatchDone, BatchFailed, EngineInfo, Hello, RunBatch
+from facedet_server.engine import codec
+from facedet_server.engine.protocol import BatchDone, BatchFailed, EngineInfo, Hello
 from facedet_server.engine.wire import recv_message, send_message
 from facedet_server.errors import DetectError, Unavailable
 from facedet_server.faces.options import Options
+from facedet_server.image.inputs import ImageInput
 from facedet_server.model.spec import ModelSpec
-from facedet_server.pipeline.host import Detection, ImageInput, Limits, Preparer
+from facedet_server.pipeline.base import Detection, Limits
+from facedet_server.pipeline.gpu_prepare import GpuPreparer
+from facedet_server.pipeline.host import HostPreparer
 
 
 class EngineFailed(DetectError):
@@ -58,46 +63,38 @@ class EnginePipeline:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self.info = info = self._connect(wait_seconds, aborted or threading.Event())
+        self.spec: ModelSpec = codec.model_spec(info.spec)
+        self.limits: Limits = codec.limits_of(info.limits)
+        self.preparer: HostPreparer | GpuPreparer = codec.preparer_of(info.preparer)
         self.backend = EngineBackend(
-            info.spec, info.backend, info.device, info.max_batch, info.model_sha256, self
+            self.spec, info.backend, info.device, info.max_batch, info.model_sha256, self
         )
 
     @property
-    def spec(self) -> ModelSpec:
-        return self.info.spec
-
-    @property
-    def limits(self) -> Limits:
-        return self.info.limits
-
-    @property
-    def preparer(self) -> Preparer:
-        return self.info.preparer
-
-    @property
     def input_shape(self) -> tuple[int, int]:
-        return self.info.preparer.input_shape
+        return self.preparer.input_shape
 
     def prepare(self, image: ImageInput, options: Options) -> Any:
-        return self.info.preparer.prepare(image, options)
+        return self.preparer.prepare(image, options)
 
     def prepare_inline(self, image: ImageInput, options: Options) -> Any | None:
-        return self.info.preparer.prepare_inline(image, options)
+        return self.preparer.prepare_inline(image, options)
 
     def infer_batch(self, items: Sequence[Any]) -> list[Detection | DetectError]:
+        message, buffers = codec.run_batch(items)
         try:
             sock = self._thread_socket()
-            send_message(sock, RunBatch(list(items)))
-            reply = recv_message(sock)
+            send_message(sock, message, buffers)
+            reply, reply_buffers = recv_message(sock)
+            if isinstance(reply, BatchDone):
+                return codec.batch_results(reply, reply_buffers)
         except OSError as exc:  # ConnectionError included; the next batch connects afresh
             self._drop_thread_socket()
             raise Unavailable(f"the inference engine ({self.socket_path}) is unreachable: {exc}") from None
         if isinstance(reply, BatchFailed):
             raise EngineFailed(f"inference failed in the engine process: {reply.message}")
-        if not isinstance(reply, BatchDone):
-            self._drop_thread_socket()
-            raise EngineFailed(f"the engine answered a batch with {type(reply).__name__}")
-        return reply.results
+        self._drop_thread_socket()
+        raise EngineFailed(f"the engine answered a batch with {type(reply).__name__}")
 
     def detect(self, image: ImageInput, options: Options | None = None) -> Detection:
         start = time.perf_counter()
@@ -135,7 +132,9 @@ class EnginePipeline:
                 continue
             try:
                 send_message(sock, Hello())
-                info = recv_message(sock)
+                info = recv_message(sock).message
+            except ConnectionError as exc:  # died mid-answer, or speaks another version of the protocol
+                raise Unavailable(f"{self.socket_path} answered Hello with no EngineInfo: {exc}") from None
             finally:
                 sock.close()
             if not isinstance(info, EngineInfo):

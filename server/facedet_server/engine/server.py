@@ -15,15 +15,17 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from facedet_server.engine.protocol import BatchDone, BatchFailed, EngineInfo, Hello, RunBatch
+from facedet_server.engine import codec
+from facedet_server.engine.protocol import BatchFailed, Hello, Message, RunBatch
 from facedet_server.engine.wire import ConnectionClosed, recv_message, send_message
-from facedet_server.pipeline.host import Pipeline
+from facedet_server.pipeline.base import Pipeline
 
 log = structlog.get_logger("facedet.engine")
 
@@ -33,10 +35,10 @@ class _Connection:
     sock: socket.socket
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Message, buffers: Sequence[memoryview] = ()) -> None:
         try:
             with self.send_lock:
-                send_message(self.sock, message)
+                send_message(self.sock, message, buffers)
         except OSError:
             pass  # the front end went away; its reader thread notices and closes the socket
 
@@ -102,16 +104,16 @@ class EngineStats:
 
 
 class EngineServer:
-    def __init__(self, pipeline: Pipeline, socket_path: Path, workers: int, max_batch: int) -> None:
+    def __init__(self, pipeline: Pipeline[Any], socket_path: Path, workers: int, max_batch: int) -> None:
         self.pipeline = pipeline
         self.socket_path = socket_path
         self.workers = workers
         self.max_batch = max_batch
         backend = pipeline.backend
-        self.info = EngineInfo(
-            preparer=pipeline.preparer,
-            spec=pipeline.spec,
-            limits=pipeline.limits,
+        self.info = codec.engine_info(
+            pipeline.preparer,
+            pipeline.spec,
+            pipeline.limits,
             backend=backend.name,
             device=backend.device,
             model_sha256=backend.model_sha256,
@@ -163,16 +165,17 @@ class EngineServer:
         connection = _Connection(sock)
         try:
             while True:
-                message = recv_message(sock)
+                message, buffers = recv_message(sock)
                 if isinstance(message, RunBatch):
-                    self._jobs.put(_Job(connection, message.items, time.perf_counter()))
+                    items = codec.batch_items(message, buffers)
+                    self._jobs.put(_Job(connection, items, time.perf_counter()))
                 elif isinstance(message, Hello):
                     connection.send(self.info)
                 else:
                     raise ConnectionError(f"unexpected message {type(message).__name__}")
         except ConnectionClosed:
             pass
-        except Exception as exc:  # a broken or foreign client: drop it, keep serving the rest
+        except Exception as exc:  # a broken or foreign client (a MalformedFrame): drop it, serve the rest
             log.warning("engine_connection_dropped", error=f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
@@ -213,7 +216,7 @@ class EngineServer:
             self._stats.jobs += len(jobs)
         first = 0
         for job in jobs:
-            job.connection.send(BatchDone(results[first : first + len(job.items)]))
+            job.connection.send(*codec.batch_done(results[first : first + len(job.items)]))
             first += len(job.items)
 
     def drain(self, timeout: float) -> int:
@@ -267,7 +270,8 @@ def ensure_free(path: Path) -> None:
 
 
 def listen(path: Path) -> socket.socket:
-    """A unix socket only this user can connect to (the protocol is pickle: see `wire`)."""
+    """A unix socket only this user can connect to: another local user must not feed the
+    engine work, read its answers or tie up its threads (see `wire`)."""
     ensure_free(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)

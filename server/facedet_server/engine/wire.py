@@ -1,54 +1,71 @@
-"""Messages between front-end processes and the engine process: pickle protocol 5 with the
-large buffers (JPEG bytes, pixel arrays, face arrays) sent out of band, so neither side copies
-them into or out of a pickle stream.
+"""Frames on the engine socket: one `protocol` message, msgpack-encoded, and the out-of-band
+buffers it names by index (JPEG bytes, pixel and face arrays), sent as raw bytes so neither side
+copies them into or out of an encoded stream.
 
-A frame is a header (pickle length, buffer count), the buffer lengths, the pickle, then the
-buffers. The receiver reads every buffer into one bytearray and hands out views of it.
+A frame is a header (body length, buffer count), the buffer lengths, the body, then the buffers.
+The receiver reads every buffer into one allocation and hands out memoryviews of it.
 
-Pickle runs code on load, so only processes of the same user may reach the socket: the engine
-creates it with mode 0600 (see `server.listen`). It is never a network protocol.
+The body is decoded against the declared schema only (msgspec typed decode): a frame yields one
+of the `protocol.Message` types, validated, or a ConnectionError; never an object of a type the
+writer chose, and decoding runs no code of the writer's. The engine still creates its socket
+with mode 0600 (see `server.listen`): another local user must not feed the engine work, read
+what it answers or tie up its threads. It is never a network protocol.
 """
 
 from __future__ import annotations
 
-import pickle
 import socket
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import NamedTuple
 
+import msgspec
 import numpy as np
 
-_HEADER = struct.Struct("!QI")  # pickle bytes, out-of-band buffer count
+from facedet_server.engine.protocol import Message
+
+_HEADER = struct.Struct("!QI")  # body bytes, out-of-band buffer count
 _LENGTH = struct.Struct("!Q")
 # Sanity bounds: a corrupt header must not allocate terabytes.
 MAX_FRAME_BYTES = 4 << 30
 MAX_BUFFERS = 1 << 20
+_MAX_PARTS_PER_SEND = 512  # below IOV_MAX (1024 on Linux)
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Message)
 
 
 class ConnectionClosed(ConnectionError):
     """The other side closed the socket (cleanly between frames, or mid-frame)."""
 
 
-def send_message(sock: socket.socket, message: Any) -> None:
-    buffers: list[pickle.PickleBuffer] = []
-    body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    views = [buffer.raw() for buffer in buffers]
-    header = _HEADER.pack(len(body), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
-    sock.sendall(header)
-    sock.sendall(body)
-    for view in views:
-        sock.sendall(view)
+class MalformedFrame(ConnectionError):
+    """A frame that does not follow the protocol: the stream can no longer be trusted."""
 
 
-def recv_message(sock: socket.socket) -> Any:
+class Frame(NamedTuple):
+    message: Message
+    buffers: list[memoryview]  # views of one received allocation, writable
+
+
+def send_message(sock: socket.socket, message: Message, buffers: Sequence[memoryview] = ()) -> None:
+    """`buffers`: flat byte views (format "B") the message names by index, sent as they are."""
+    body = _ENCODER.encode(message)
+    head = b"".join(
+        [_HEADER.pack(len(body), len(buffers)), *(_LENGTH.pack(view.nbytes) for view in buffers), body]
+    )
+    _send_parts(sock, [memoryview(head), *buffers])
+
+
+def recv_message(sock: socket.socket) -> Frame:
     header = _recv_exact(sock, _HEADER.size, at_start=True)
     body_len, count = _HEADER.unpack(header)
     if count > MAX_BUFFERS:
-        raise ConnectionError(f"frame claims {count} buffers (at most {MAX_BUFFERS}): corrupt stream")
+        raise MalformedFrame(f"frame claims {count} buffers (at most {MAX_BUFFERS}): corrupt stream")
     table = _recv_exact(sock, _LENGTH.size * count)
     lengths = [length for (length,) in _LENGTH.iter_unpack(table)]
     if body_len + sum(lengths) > MAX_FRAME_BYTES:
-        raise ConnectionError(
+        raise MalformedFrame(
             f"frame of {body_len + sum(lengths)} bytes (at most {MAX_FRAME_BYTES}): corrupt stream"
         )
     body = _recv_exact(sock, body_len)
@@ -60,7 +77,25 @@ def recv_message(sock: socket.socket) -> Any:
     for length in lengths:
         views.append(whole[offset : offset + length])
         offset += length
-    return pickle.loads(body, buffers=views)
+    try:
+        message = _DECODER.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError included: a well-formed body of the wrong shape
+        raise MalformedFrame(f"malformed frame: {exc}") from None
+    return Frame(message, views)
+
+
+def _send_parts(sock: socket.socket, parts: list[memoryview]) -> None:
+    """sendall over several buffers, gathered into as few system calls as the socket takes."""
+    first = 0
+    while first < len(parts):
+        window = parts[first : first + _MAX_PARTS_PER_SEND]
+        sent = sock.sendmsg(window)
+        for view in window:
+            if sent < view.nbytes:
+                parts[first] = view[sent:]
+                break
+            sent -= view.nbytes
+            first += 1
 
 
 def _recv_exact(sock: socket.socket, size: int, at_start: bool = False) -> bytes:

@@ -1,16 +1,13 @@
 """The request side of the GPU pipeline, without torch: a JPEG that nvJPEG will decode needs
 only its header checked against the limits on the CPU; anything else is decoded here.
 
-Kept apart from `gpu.detector` so a front-end process that feeds an engine process (see
+Kept apart from `pipeline.gpu` so a front-end process that feeds an engine process (see
 `facedet_server.engine`) runs the same checks without importing torch or touching the GPU."""
 
 from __future__ import annotations
 
-import copyreg
-import pickle
 import time
 from dataclasses import dataclass, field
-from typing import Any, SupportsIndex
 
 import numpy as np
 import simplejpeg
@@ -18,8 +15,9 @@ import simplejpeg
 from facedet_server.errors import InvalidImage
 from facedet_server.faces.options import Options
 from facedet_server.image.decode import JPEG_MAGIC, check_pixels
+from facedet_server.image.inputs import EncodedImage, ImageInput, decode_image
 from facedet_server.model.spec import ModelSpec
-from facedet_server.pipeline.host import EncodedImage, ImageInput, Limits, Timing, decode_image, micros_since
+from facedet_server.pipeline.base import Limits, Timing, micros_since
 from facedet_server.tensor.letterbox import input_shape_for
 
 
@@ -29,19 +27,11 @@ class GpuPrepared:
     width: int
     height: int
     # Compressed bytes to decode on the GPU: bytes in the process that received them, a
-    # memoryview into the received frame in an engine process (see __getstate__).
+    # memoryview into the received frame in an engine process (see `facedet_server.engine.codec`).
     jpeg: bytes | memoryview | None = None
     pixels: np.ndarray | None = None  # already decoded on the CPU (raw frames, PNG, fallbacks)
     scale: tuple[float, float] = (1.0, 1.0)
     timing: Timing = field(default_factory=Timing)
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
-        # Pickled for an engine process (protocol 5), the JPEG travels out of band: the engine
-        # hands nvJPEG the memory its socket read into, with no copy on either side.
-        state = dict(self.__dict__)
-        if self.jpeg is not None and int(protocol) >= 5:
-            state["jpeg"] = pickle.PickleBuffer(self.jpeg)
-        return copyreg.__newobj__, (type(self),), state  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -55,11 +45,17 @@ class GpuPreparer:
     rectangular: bool = True
 
     @property
+    def model_shape(self) -> tuple[int, int] | None:
+        """The (w, h) a fixed-shape model (a static TensorRT plan, say) takes; None if any."""
+        spec = self.spec
+        return None if spec.dynamic_shape else (spec.input_width or 0, spec.input_height or 0)
+
+    @property
     def input_shape(self) -> tuple[int, int]:
-        return self.input_size, self.input_size
+        return self.model_shape or (self.input_size, self.input_size)
 
     def target_for(self, width: int, height: int) -> tuple[int, int]:
-        fixed = None if self.rectangular else self.input_shape
+        fixed = self.model_shape or (None if self.rectangular else self.input_shape)
         return input_shape_for(width, height, fixed, self.input_size, self.spec.size_multiple)
 
     def prepare_inline(self, image: ImageInput, options: Options) -> GpuPrepared | None:
