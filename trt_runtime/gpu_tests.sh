@@ -10,7 +10,7 @@
 # Each test file runs in its own process: a crash inside TensorRT must not hide the CUDA results.
 # Logs and JUnit XML go to $OUT when it is set.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
 LOGDIR=${OUT:-$(mktemp -d)}
 mkdir -p "$LOGDIR"

@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# .ci/gpu.sh: the GPU tests and benchmarks, on the device tool's GPU machine (NVIDIA H200, Python
+# 3.12 with torch, torchvision, cupy, cuda-bindings, onnxruntime and opencv; no network; the
+# project is not pip-installed there, it runs from PYTHONPATH). Run it from the repository root,
+# with carry [.whl, .trtwhl, .devcarry] (and .before for --tree .before); $OUT is the folder
+# whose files come back.
+#
+#   .ci/gpu.sh [--tree DIR] [--label TEXT] [--tests [PYTEST ARGS...]] [--trt]
+#              [--bench NAME]... [--serve-args "FLAGS"] [--tests-timeout S] [--dry-run]
+#
+# Setup always runs first: the carried wheels (.whl/, then .trtwhl/ and .nvwhl/ where present)
+# go into /tmp/site; PYTHONPATH is /tmp/site and the tree's package roots (clients/python,
+# server, converter, trt_runtime, tools, tests: those it has); FACEDET_SHARED is
+# .devcarry/shared, FACEDET_MODEL its models/yolov5n-0.5.onnx, PYTHONUNBUFFERED=1.
+#
+#   --tree DIR        test and benchmark another checkout (e.g. .before, a copy of an older commit)
+#                     instead of this one: its package roots, its tests, its `facedet` command
+#                     (facedet.cli, or facedet_server.cli in trees older than the tools/ layout).
+#                     Wheels and .devcarry always come from the repository root.
+#   --label TEXT      printed at the start of every result line (default: the tree's name and
+#                     short commit); also names what the run leaves in $OUT: <label>-run.log (all
+#                     it printed) and <label>-logs.tar.gz (every log), as the device tool brings
+#                     back 8 files at most (so at most four runs a command).
+#   --tests [ARGS]    all of tests/gpu: python3 -m pytest -q -rs -s -p no:cacheprovider tests/gpu.
+#                     The arguments after it, up to the next option of this script (or all after
+#                     `--`), go to pytest; those naming a path replace tests/gpu. Log, JUnit XML.
+#   --trt             trt_runtime/gpu_tests.sh: the TensorRT runtime tests, each file in its own
+#                     process (so a crash inside TensorRT cannot hide the CUDA results).
+#   --bench NAME      a server configuration under the standard three loads (repeatable, or
+#                     NAME,NAME): open loop (--rate 2000 --concurrency 512 --duration 8 --warmup
+#                     2), unary (--concurrency 256 --duration 8 --warmup 2), streams (--stream
+#                     --window 8 --concurrency 128 --processes 8 --duration 6 --warmup 2).
+#                     Every server: facedet serve --backend torch --stream-window 32
+#                     --summary-interval 4 on 127.0.0.1:50060, batching left automatic.
+#                       default    --processes 4 --front-end-listen 127.0.0.1:50070, the clients
+#                                  spread by round_robin over ports 50070-50073 (the best
+#                                  configuration measured, run AG)
+#                       engines2   default + --engines 2
+#                       single     one process, no flags; clients on 127.0.0.1:50060
+#                       pipelines  default + --engine-process off (four whole pipelines)
+#   --serve-args F    extra `facedet serve` flags for every --bench configuration (word-split).
+#   --tests-timeout S seconds the --tests step may take (default 560: the device tool stops a
+#                     command at 600 s; the full suite took up to 585 s with its memory tests).
+#   --dry-run         print the plan (tree, commit, PYTHONPATH, configurations) and stop.
+#   -h, --help        this text.
+#
+# The first lines printed name the run: the tree's commit (git rev-parse HEAD where the tree is a
+# git checkout of its own, else the first line of its COMMIT file: the device tool's copy has no
+# .git, so write one, e.g. `git rev-parse --short HEAD > COMMIT`, before an important run), the
+# GPU and its driver. Every step prints its duration, and why when it fails; a failed step does
+# not stop the later ones. Exit status: 0 when every step passed, 1 otherwise, 2 on bad arguments.
+#
+# Examples (device tool, from the repository root):
+#   .ci/gpu.sh --tests --bench default
+#   .ci/gpu.sh --tests -k "not memory_growth" --trt
+#   .ci/gpu.sh --tree .before --bench default; .ci/gpu.sh --bench default   # before and after
+#
+# The run letters of docs/benchmarks.md (A..AG) name runs of past passes, each made by its own
+# .ci/gpu-run-<letter>.sh; those scripts are in git history before commit accd207.
+
+# shellcheck disable=SC2317  # the step functions are called through step(), which shellcheck cannot see
+set -o pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RR4=ipv4:127.0.0.1:50070,127.0.0.1:50071,127.0.0.1:50072,127.0.0.1:50073
+QUIET='^W1|pow_by_natural|Warn'  # torch compile chatter
+BENCH_NAMES="default engines2 single pipelines"
+
+usage() {  # the header comment above, without its '# '
+  sed -n '2,/^$/{/^#/!d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+}
+
+die_usage() {
+  echo "gpu.sh: $*" >&2
+  echo "gpu.sh: --help lists the options" >&2
+  exit 2
+}
+
+is_own_option() {
+  case $1 in
+    --tree | --tree=* | --label | --label=* | --tests | --trt | --bench | --bench=* | --serve-args | --serve-args=* \
+      | --tests-timeout | --tests-timeout=* | --dry-run | -h | --help) return 0 ;;
+  esac
+  return 1
+}
+
+# ---- arguments -------------------------------------------------------------------------------
+
+TREE=.
+LABEL=
+RUN_TESTS=0
+RUN_TRT=0
+DRY_RUN=0
+TESTS_TIMEOUT=560
+SERVE_EXTRA=()
+PYTEST_ARGS=()
+BENCHES=()
+
+add_benches() {  # NAME[,NAME...]
+  local name names
+  IFS=, read -r -a names <<< "$1"
+  for name in "${names[@]}"; do
+    case " $BENCH_NAMES " in
+      *" $name "*) BENCHES+=("$name") ;;
+      *) die_usage "unknown --bench configuration '$name' (known: $BENCH_NAMES)" ;;
+    esac
+  done
+}
+
+need_value() {  # option, number of arguments left
+  [ "$2" -ge 2 ] || die_usage "$1 needs a value"
+}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --tree) need_value "$1" $#; TREE=$2; shift 2 ;;
+    --tree=*) TREE=${1#*=}; shift ;;
+    --label) need_value "$1" $#; LABEL=$2; shift 2 ;;
+    --label=*) LABEL=${1#*=}; shift ;;
+    --bench) need_value "$1" $#; add_benches "$2"; shift 2 ;;
+    --bench=*) add_benches "${1#*=}"; shift ;;
+    --serve-args) need_value "$1" $#; read -r -a extra <<< "$2"; SERVE_EXTRA+=("${extra[@]}"); shift 2 ;;
+    --serve-args=*) read -r -a extra <<< "${1#*=}"; SERVE_EXTRA+=("${extra[@]}"); shift ;;
+    --tests-timeout) need_value "$1" $#; TESTS_TIMEOUT=$2; shift 2 ;;
+    --tests-timeout=*) TESTS_TIMEOUT=${1#*=}; shift ;;
+    --trt) RUN_TRT=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --tests)
+      RUN_TESTS=1
+      shift
+      while [ $# -gt 0 ] && ! is_own_option "$1"; do
+        if [ "$1" = -- ]; then
+          shift
+          PYTEST_ARGS+=("$@")
+          set --
+          break
+        fi
+        PYTEST_ARGS+=("$1")
+        shift
+      done
+      ;;
+    *) die_usage "unknown argument '$1'" ;;
+  esac
+done
+case $TESTS_TIMEOUT in
+  '' | *[!0-9]*) die_usage "--tests-timeout takes whole seconds, not '$TESTS_TIMEOUT'" ;;
+esac
+[ "$RUN_TESTS$RUN_TRT${#BENCHES[@]}" != 000 ] || echo "gpu.sh: nothing asked for but the setup (--tests, --trt, --bench NAME)"
+
+cd "$REPO" || exit 2
+[ -d "$TREE" ] || die_usage "--tree $TREE: no such folder (carry it)"
+TREE=$(cd "$TREE" && pwd)
+
+tree_commit() {  # the tree's commit and where it was read from
+  local top
+  local file=
+  [ -s "$TREE/COMMIT" ] && file=$(head -1 "$TREE/COMMIT")
+  if top=$(git -C "$TREE" rev-parse --show-toplevel 2> /dev/null) \
+    && [ "$(cd "$top" && pwd -P)" = "$(cd "$TREE" && pwd -P)" ]; then
+    local dirty=
+    git -C "$TREE" diff --quiet HEAD 2> /dev/null || dirty=" + uncommitted changes"
+    # The device tool's copy may carry a .git of another commit than the one it was sent from.
+    echo "$(git -C "$TREE" rev-parse HEAD) (git$dirty${file:+; its COMMIT file says $file})"
+  elif [ -n "$file" ]; then
+    echo "$file (COMMIT file)"
+  else
+    echo "unknown (no .git of its own, no COMMIT file)"
+  fi
+}
+COMMIT=$(tree_commit)
+if [ -z "$LABEL" ]; then
+  name=$(basename "$TREE")
+  [ "$TREE" = "$REPO" ] && name=tree
+  LABEL="${name#.}@$(echo "$COMMIT" | cut -c1-7)"
+fi
+SLUG=$(printf '%s' "$LABEL" | tr -c 'A-Za-z0-9._-' _)  # the only characters $OUT brings back
+
+# The tree's package roots, and its `facedet` command (older trees have no tools/ and serve
+# from facedet_server.cli).
+ROOTS=
+for root in clients/python server converter trt_runtime tools tests; do
+  [ -d "$TREE/$root" ] && ROOTS="$ROOTS:$TREE/$root"
+done
+if [ -f "$TREE/clients/python/facedet/cli.py" ]; then
+  FD=(python3 -m facedet.cli)
+elif [ -f "$TREE/server/facedet_server/cli.py" ]; then
+  FD=(python3 -m facedet_server.cli)
+else
+  FD=()
+fi
+
+export PYTHONPATH="/tmp/site$ROOTS"
+export FACEDET_SHARED="$REPO/.devcarry/shared"
+export FACEDET_MODEL="$FACEDET_SHARED/models/yolov5n-0.5.onnx"
+export PYTHONUNBUFFERED=1
+export PATH="/tmp/site/bin:$PATH"
+IMG="$FACEDET_SHARED/images/zidane.jpg"
+
+if [ "$DRY_RUN" = 1 ]; then
+  echo "tree      $TREE"
+  echo "commit    $COMMIT"
+  echo "label     $LABEL (\$OUT/$SLUG-run.log, \$OUT/$SLUG-logs.tar.gz)"
+  echo "facedet   ${FD[*]:-none found}"
+  echo "PYTHONPATH $PYTHONPATH"
+  [ "$RUN_TESTS" = 1 ] && echo "tests     pytest -q -rs -s -p no:cacheprovider ${PYTEST_ARGS[*]} (timeout $TESTS_TIMEOUT s)"
+  [ "$RUN_TRT" = 1 ] && echo "trt       bash $TREE/trt_runtime/gpu_tests.sh"
+  for b in "${BENCHES[@]}"; do echo "bench     $b ${SERVE_EXTRA[*]}"; done
+  exit 0
+fi
+
+if [ -z "${OUT:-}" ]; then
+  OUT=$(mktemp -d /tmp/gpu-out.XXXXXX)
+  echo "gpu.sh: \$OUT is not set; results go to $OUT"
+fi
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+# $OUT brings back 8 files at most: this run's output as $SLUG-run.log, every other log (tests,
+# servers, clients, TensorRT runtime tests) packed into $SLUG-logs.tar.gz after each step.
+LOGS="/tmp/gpu-logs/$SLUG"
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+
+# ---- steps -----------------------------------------------------------------------------------
+
+STEPS=()  # "name|status|seconds" of every step, for the summary at the end
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+step() {  # name, command...: runs it, prints how long it took and whether it failed
+  local name=$1 t0 rc dt
+  shift
+  echo "=== $name"
+  t0=$(now_ms)
+  "$@"
+  rc=$?
+  dt=$(($(now_ms) - t0))
+  dt="$((dt / 1000)).$((dt % 1000 / 100)) s"
+  tar -czf "$OUT/$SLUG-logs.tar.gz" -C "$(dirname "$LOGS")" "$SLUG" 2> /dev/null
+  if [ "$rc" -eq 0 ]; then
+    echo "--- $name: ok in $dt"
+    STEPS+=("$name|ok|$dt")
+  else
+    echo "--- $name: FAILED (exit $rc) in $dt"
+    STEPS+=("$name|FAILED (exit $rc)|$dt")
+  fi
+  return "$rc"
+}
+
+skip_step() {  # name, why
+  echo "--- $1: skipped: $2"
+  STEPS+=("$1|skipped: $2|-")
+}
+
+result() {  # prefix...: stdin lines, each led by the label and the prefix
+  awk -v p="[$LABEL] $*: " '{ print p $0; fflush() }'
+}
+
+timed_out() {  # exit status of `timeout`: explains 124
+  [ "$1" -eq 124 ] && echo "timed out after $2 s"
+  return 0
+}
+
+install_wheels() {
+  local dir rc=0 found=0
+  for dir in .whl .trtwhl .nvwhl; do
+    compgen -G "$REPO/$dir/*.whl" > /dev/null || continue
+    found=1
+    if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$REPO/$dir"/*.whl; then
+      echo "pip could not install $dir/*.whl into /tmp/site"
+      rc=1
+    fi
+  done
+  [ "$found" = 1 ] || { echo "no carried wheels (.whl/*.whl): carry .whl"; rc=1; }
+  [ -f "$FACEDET_MODEL" ] || { echo "no model at $FACEDET_MODEL: carry .devcarry"; rc=1; }
+  [ "${#FD[@]}" -gt 0 ] || { echo "$TREE has neither facedet.cli nor facedet_server.cli"; rc=1; }
+  return "$rc"
+}
+
+describe_machine() {
+  echo "[$LABEL] tree $TREE at commit $COMMIT"
+  echo "[$LABEL] gpu $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | paste -sd';' -)"
+  python3 - << 'EOF' 2>&1 | result versions
+import platform
+parts = ["python " + platform.python_version()]
+for name in ("torch", "torchvision", "onnxruntime", "grpc"):
+    try:
+        module = __import__(name)
+        parts.append(f"{name} {module.__version__}")
+    except Exception as exc:  # a missing package is part of the record, not an error here
+        parts.append(f"{name} missing ({type(exc).__name__})")
+try:
+    import torch
+    parts.append(f"cuda {torch.version.cuda}, {torch.cuda.device_count()} device(s)")
+except Exception:
+    pass
+print(", ".join(parts))
+EOF
+}
+
+run_tests() {
+  local targets=() args=() arg rc
+  for arg in "${PYTEST_ARGS[@]}"; do
+    if [ -e "$TREE/${arg%%::*}" ]; then targets+=("$arg"); else args+=("$arg"); fi
+  done
+  [ "${#targets[@]}" -gt 0 ] || targets=(tests/gpu)
+  (cd "$TREE" && timeout "$TESTS_TIMEOUT" python3 -m pytest -q -rs -s -p no:cacheprovider \
+    --junitxml="$LOGS/tests.xml" "${targets[@]}" "${args[@]}") > "$LOGS/tests.log" 2>&1
+  rc=$?
+  grep -vE "$QUIET" "$LOGS/tests.log" | grep -E "passed|failed|skipped|SKIPPED|FAILED|ERROR|Error|assert|RSS" \
+    | tail -25 | result tests
+  timed_out "$rc" "$TESTS_TIMEOUT"
+  [ "$rc" -eq 0 ] || echo "pytest exit $rc; the whole log is tests.log in $SLUG-logs.tar.gz"
+  return "$rc"
+}
+
+run_trt() {
+  local rc
+  [ -f "$TREE/trt_runtime/gpu_tests.sh" ] || { echo "no trt_runtime/gpu_tests.sh in $TREE"; return 1; }
+  mkdir -p "$LOGS/trt"
+  OUT="$LOGS/trt" timeout 300 bash "$TREE/trt_runtime/gpu_tests.sh" > "$LOGS/trt/gpu_tests.log" 2>&1
+  rc=$?
+  grep -E "^=== |passed|failed|skipped|error|tensorrt module|cuda-bindings" "$LOGS/trt/gpu_tests.log" | result trt
+  timed_out "$rc" 300
+  return "$rc"
+}
+
+# ---- the server and its loads ----------------------------------------------------------------
+
+S=  # the running server's pid (also its process group: it runs under setsid)
+
+start_server() {  # name, processes, serve flags...: S, $LOGS/server-NAME.log
+  local name=$1 n=$2 log="$LOGS/server-$1.log" i launcher=()
+  shift 2
+  command -v setsid > /dev/null && launcher=(setsid)
+  echo "serve --processes $n $*"
+  "${launcher[@]}" "${FD[@]}" serve --model "$FACEDET_MODEL" --listen 127.0.0.1:50060 --processes "$n" \
+    --backend torch --stream-window 32 --summary-interval 4 "$@" > "$log" 2>&1 &
+  S=$!
+  for i in $(seq 1 400); do  # the first start compiles the model's shapes (cold cache)
+    if [ "$(grep -cE '"event": *"serving"' "$log")" -ge "$n" ]; then
+      echo "serving after ~$i s"
+      grep -E '"model_loaded"' "$log" | head -1 | cut -c1-300
+      return 0
+    fi
+    if ! kill -0 "$S" 2> /dev/null; then
+      wait "$S"
+      echo "the server exited (status $?) before serving; the end of server-$name.log:"
+      tail -15 "$log"
+      S=
+      return 1
+    fi
+    sleep 1
+  done
+  echo "not serving after 400 s; the end of server-$name.log:"
+  tail -15 "$log"
+  return 1
+}
+
+stop_server() {  # SIGTERM, up to 60 s for a clean exit, then SIGKILL to its whole process group
+  local i rc
+  [ -n "$S" ] || return 0
+  kill -TERM "$S" 2> /dev/null
+  for i in $(seq 1 60); do
+    kill -0 "$S" 2> /dev/null || break
+    sleep 1
+  done
+  if kill -0 "$S" 2> /dev/null; then
+    echo "still running 60 s after SIGTERM: SIGKILL"
+    kill -KILL -- "-$S" 2> /dev/null || kill -KILL "$S" 2> /dev/null
+  fi
+  wait "$S"
+  rc=$?
+  kill -KILL -- "-$S" 2> /dev/null  # whatever of its children outlived it (none, normally)
+  S=
+  echo "server exit $rc"
+  return "$rc"
+}
+
+bench() {  # load name, facedet bench flags...: one client run against $TARGET, its summary lines
+  local load=$1 rc
+  shift
+  timeout 60 "${FD[@]}" bench --server "$TARGET" --image "$IMG" "$@" > "$LOGS/bench-$CONFIG-$load.log" 2>&1
+  rc=$?
+  grep -vE "$QUIET" "$LOGS/bench-$CONFIG-$load.log" | grep -E "img/s|latency|server ms|CPU" | result "$CONFIG $load"
+  timed_out "$rc" 60
+  [ "$rc" -eq 0 ] || { echo "bench exit $rc; the end of bench-$CONFIG-$load.log:"; tail -5 "$LOGS/bench-$CONFIG-$load.log"; }
+  return "$rc"
+}
+
+run_config() {  # a --bench NAME: serve, the three loads, the engine's last summaries, stop
+  CONFIG=$1
+  local procs=4 engine_lines=2 flags=(--front-end-listen 127.0.0.1:50070)
+  TARGET=$RR4
+  case $CONFIG in
+    default) ;;
+    engines2) flags+=(--engines 2); engine_lines=4 ;;
+    single) procs=1; flags=(); engine_lines=0; TARGET=127.0.0.1:50060 ;;
+    pipelines) flags+=(--engine-process off); engine_lines=0 ;;
+  esac
+  if ! step "$CONFIG: start" start_server "$CONFIG" "$procs" "${flags[@]}" "${SERVE_EXTRA[@]}"; then
+    stop_server > /dev/null
+    skip_step "$CONFIG: loads" "the server did not start"
+    return
+  fi
+  step "$CONFIG: open loop" bench open-loop --rate 2000 --concurrency 512 --duration 8 --warmup 2
+  step "$CONFIG: unary" bench unary --concurrency 256 --duration 8 --warmup 2
+  step "$CONFIG: streams" bench streams --stream --window 8 --concurrency 128 --processes 8 --duration 6 --warmup 2
+  if [ "$engine_lines" -gt 0 ]; then
+    grep -E '"engine_summary"' "$LOGS/server-$CONFIG.log" | grep -vE '"images": 0' | tail -"$engine_lines" \
+      | cut -c1-200 | result "$CONFIG engine"
+  fi
+  step "$CONFIG: stop" stop_server
+}
+
+# ---- the run ---------------------------------------------------------------------------------
+
+main() {
+  local b entry name status seconds failed=0
+  trap stop_server EXIT  # a server left running when a step is cut short
+  describe_machine
+  step setup install_wheels
+  [ "$RUN_TESTS" = 1 ] && step tests run_tests
+  [ "$RUN_TRT" = 1 ] && step trt run_trt
+  for b in "${BENCHES[@]}"; do
+    run_config "$b"
+  done
+  echo "=== summary [$LABEL] at commit $COMMIT"
+  for entry in "${STEPS[@]}"; do
+    IFS='|' read -r name status seconds <<< "$entry"
+    printf '[%s] %-22s %-20s %s\n' "$LABEL" "$name" "$status" "$seconds"
+    case $status in ok | skipped*) ;; *) failed=1 ;; esac
+  done
+  return "$failed"
+}
+
+main 2>&1 | tee "$OUT/$SLUG-run.log"
+exit "${PIPESTATUS[0]}"
