@@ -37,6 +37,8 @@ IMAGES = SHARED / "images"
 SERVICE = "facedet.v1.FaceDetector"
 # Face counts yolov5n-0.5 finds at confidence >= 0.5 (shared/README.md and the issue).
 EXPECTED_FACES = {"zidane.jpg": 2, "sample.jpg": 8, "bus.jpg": 2}
+# Every shared sample photo.
+PHOTOS = ("zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg", "test.jpg")
 # Raw frames are up to a few MiB; the client must not be the one refusing them.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -297,8 +299,17 @@ def run_cli(
     )
 
 
-# Memory and load for the GPU tests (tests/gpu): host RSS and GPU memory of a process, and
+# The GPU tests (tests/gpu): torch with a CUDA device, host RSS and GPU memory of a process, and
 # many stream frames through a server.
+
+
+def cuda_torch(why: str) -> Any:
+    """torch, for a test module that needs it and a CUDA GPU; called at import, it skips the
+    whole module where torch does not import (saying `why` it is needed) or sees no GPU."""
+    torch = pytest.importorskip("torch", reason=why)
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
+    return torch
 
 
 def rss_kib(pid: int) -> int:

@@ -9,7 +9,8 @@ the GPU exactly as with TensorRT:
 
 - an output of kind "copy" is the input, copied device to device;
 - an output of kind "head" is (N, k): the first k input values of each image, a strided 2-D copy,
-  so a batch's images must each land in their own row.
+  so a batch's images must each land in their own row; with "width": w it is (N, k, w), the first
+  k * w values (w=15 plays a decoded model's (N, K, 15) candidates).
 
 Plain enqueued copies, so CUDA graphs can capture them like TensorRT's kernels.
 """
@@ -110,6 +111,7 @@ class Calls:
     execute: int = 0
     set_input_shape: int = 0
     set_profile: int = 0
+    streams: list[int] = field(default_factory=list)  # the stream handle of each execute
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bump(self, what: str) -> None:
@@ -156,6 +158,7 @@ class ICudaEngine:
             else HardwareCompatibilityLevel.NONE
         )
         self.fail_execute = False
+        self.contexts: list[IExecutionContext] = []
 
     @property
     def num_io_tensors(self) -> int:
@@ -188,10 +191,14 @@ class ICudaEngine:
         spec = self.outputs[name]
         if spec["kind"] == "copy":
             return input_shape
+        if "width" in spec:
+            return (input_shape[0], int(spec["k"]), int(spec["width"]))
         return (input_shape[0], int(spec["k"]))
 
     def create_execution_context(self) -> IExecutionContext:
-        return IExecutionContext(self)
+        context = IExecutionContext(self)
+        self.contexts.append(context)
+        return context
 
 
 class IExecutionContext:
@@ -244,6 +251,8 @@ class IExecutionContext:
 
         engine = self.engine
         engine.calls.bump("execute")
+        with engine.calls.lock:
+            engine.calls.streams.append(int(stream_handle))
         if engine.fail_execute or self.shape is None:
             engine.logger.log(_Severity.ERROR, "enqueueV3: injected failure")
             return False
@@ -257,7 +266,7 @@ class IExecutionContext:
             if spec["kind"] == "copy":
                 check(cudart.cudaMemcpyAsync(dst, src, n * per_image, d2d, stream_handle), "fake copy")
             else:
-                row = int(spec["k"]) * itemsize
+                row = int(spec["k"]) * int(spec.get("width", 1)) * itemsize
                 check(
                     cudart.cudaMemcpy2DAsync(dst, row, src, per_image, row, n, d2d, stream_handle),
                     "fake head",

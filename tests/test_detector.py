@@ -5,27 +5,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import simplejpeg
+from facedet_server.app.config import ServerConfig
+from facedet_server.app.server import limits_for
 from facedet_server.errors import DetectError, InvalidImage
 from facedet_server.faces.options import Options
+from facedet_server.image import inputs as inputs_module
 from facedet_server.image.decode import DecodedImage, decode_encoded
+from facedet_server.image.inputs import EncodedImage, ImageInput, RawFrame
 from facedet_server.model.spec import ModelSpec
-from facedet_server.pipeline import host as detector_module
-from facedet_server.pipeline.host import (
-    Detection,
-    Detector,
-    EncodedImage,
-    ImageInput,
-    Limits,
-    Prepared,
-    RawFrame,
-)
+from facedet_server.pipeline.base import Detection, Prepared
+from facedet_server.pipeline.host import HostPipeline
 from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend
+
+LIMITS = limits_for(ServerConfig())  # the server's defaults
 
 
 def shared_dir() -> Path:
@@ -53,8 +52,8 @@ def backend() -> Iterator[OnnxRuntimeBackend]:
 
 
 @pytest.fixture(scope="module")
-def detector(backend: OnnxRuntimeBackend) -> Detector:
-    return Detector(backend)
+def detector(backend: OnnxRuntimeBackend) -> HostPipeline:
+    return HostPipeline(backend, LIMITS)
 
 
 def raw_rgb(data: bytes) -> RawFrame:
@@ -103,7 +102,7 @@ def check_plausible(detection: Detection) -> None:
     ("name", "size", "count"),
     [("zidane.jpg", (1280, 720), 2), ("sample.jpg", (1024, 768), 8), ("bus.jpg", (810, 1080), 2)],
 )
-def test_known_face_counts(detector: Detector, name: str, size: tuple[int, int], count: int) -> None:
+def test_known_face_counts(detector: HostPipeline, name: str, size: tuple[int, int], count: int) -> None:
     detection = detector.detect(EncodedImage(image_bytes(name)))
     assert (detection.width, detection.height) == size
     assert len(detection.faces) == count
@@ -114,7 +113,7 @@ def test_known_face_counts(detector: Detector, name: str, size: tuple[int, int],
     assert timing.batch_size == 1
 
 
-def test_raw_frames_equal_the_jpeg(detector: Detector) -> None:
+def test_raw_frames_equal_the_jpeg(detector: HostPipeline) -> None:
     """zidane is 1280x720, decoded at full size (ratio 0.5): the same pixels as a raw frame give
     the same faces, whatever the pixel order."""
     data = image_bytes("zidane.jpg")
@@ -127,7 +126,7 @@ def test_raw_frames_equal_the_jpeg(detector: Detector) -> None:
     )
 
 
-def test_mirrored_image_gives_mirrored_faces(detector: Detector) -> None:
+def test_mirrored_image_gives_mirrored_faces(detector: HostPipeline) -> None:
     data = image_bytes("sample.jpg")
     pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
     h, w = pixels.shape[:2]
@@ -139,7 +138,7 @@ def test_mirrored_image_gives_mirrored_faces(detector: Detector) -> None:
 
 
 def test_dct_reduced_decode_maps_faces_to_the_large_image(
-    detector: Detector, monkeypatch: pytest.MonkeyPatch
+    detector: HostPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """zidane enlarged 2x to 2560x1440 is decoded at 1/4 (640x360, what the network sees anyway):
     its faces are the 1280x720 faces scaled by 2."""
@@ -154,7 +153,7 @@ def test_dct_reduced_decode_maps_faces_to_the_large_image(
         decoded_shapes.append(decoded.pixels.shape)
         return decoded
 
-    monkeypatch.setattr(detector_module, "decode_encoded", spy)
+    monkeypatch.setattr(inputs_module, "decode_encoded", spy)
     prepared = detector.prepare(EncodedImage(large_jpeg), Options())
     assert decoded_shapes == [(360, 640, 3)]  # the decoder was allowed to reduce towards 640x640
     assert (prepared.width, prepared.height) == (2560, 1440)
@@ -171,7 +170,7 @@ def test_dct_reduced_decode_maps_faces_to_the_large_image(
 
 def test_infer_batch_equals_one_at_a_time(backend: OnnxRuntimeBackend) -> None:
     """Mixed inputs, per-item options, chunks of 2: each result is that image's own result."""
-    detector = Detector(backend)
+    detector = HostPipeline(backend, LIMITS)
     detector.backend = _Chunked(backend, max_batch=2)  # type: ignore[assignment]
     blank = RawFrame(320, 200, "RGB8", np.full((200, 320, 3), 90, np.uint8).tobytes())
     inputs: list[tuple[ImageInput, Options]] = [
@@ -218,7 +217,7 @@ class _Chunked:
 
 
 def test_warm_up_runs_the_model_once_at_the_input_shape(backend: OnnxRuntimeBackend) -> None:
-    detector = Detector(backend)
+    detector = HostPipeline(backend, LIMITS)
     counting = _Chunked(backend, max_batch=8)
     detector.backend = counting  # type: ignore[assignment]
     assert detector.input_shape == (640, 640)
@@ -226,17 +225,17 @@ def test_warm_up_runs_the_model_once_at_the_input_shape(backend: OnnxRuntimeBack
     assert counting.shapes == [(1, 3, 640, 640)]
 
 
-def test_invalid_images_and_limits(detector: Detector, backend: OnnxRuntimeBackend) -> None:
+def test_invalid_images_and_limits(detector: HostPipeline, backend: OnnxRuntimeBackend) -> None:
     with pytest.raises(InvalidImage, match="not a JPEG or PNG"):
         detector.detect(EncodedImage(b"not an image at all"))
     with pytest.raises(InvalidImage, match=r"raw\.data has"):
         detector.detect(RawFrame(10, 10, "RGB8", b"\x00" * 299))
-    small = Detector(backend, Limits(max_pixels=1280 * 720 - 1))
+    small = HostPipeline(backend, replace(LIMITS, max_pixels=1280 * 720 - 1))
     with pytest.raises(InvalidImage, match="over the server limit"):
         small.detect(EncodedImage(image_bytes("zidane.jpg")))
     assert (
         len(
-            Detector(backend, Limits(max_pixels=1280 * 720))
+            HostPipeline(backend, replace(LIMITS, max_pixels=1280 * 720))
             .detect(EncodedImage(image_bytes("zidane.jpg")))
             .faces
         )
@@ -288,7 +287,7 @@ class FakeDynamicBackend:
 
 def test_infer_batch_groups_by_shape_in_chunks_and_keeps_order() -> None:
     backend = FakeDynamicBackend(max_batch=2)
-    detector = Detector(backend, input_size=640)  # type: ignore[arg-type]
+    detector = HostPipeline(backend, LIMITS, input_size=640)  # type: ignore[arg-type]
     assert detector.fixed_shape is None
     sizes = [
         (1280, 720),
@@ -339,7 +338,7 @@ def test_infer_batch_groups_by_shape_in_chunks_and_keeps_order() -> None:
 
 
 def test_prepare_records_the_image_and_options() -> None:
-    detector = Detector(FakeDynamicBackend(max_batch=4))  # type: ignore[arg-type]
+    detector = HostPipeline(FakeDynamicBackend(max_batch=4), LIMITS)  # type: ignore[arg-type]
     options = Options(min_confidence=0.8)
     prepared = detector.prepare(RawFrame(64, 32, "RGB8", bytes(64 * 32 * 3)), options)
     assert isinstance(prepared, Prepared)
@@ -349,6 +348,6 @@ def test_prepare_records_the_image_and_options() -> None:
 
 
 def test_detect_raises_the_pipeline_error() -> None:
-    detector = Detector(FakeDynamicBackend(max_batch=4))  # type: ignore[arg-type]
+    detector = HostPipeline(FakeDynamicBackend(max_batch=4), LIMITS)  # type: ignore[arg-type]
     with pytest.raises(DetectError):
         detector.detect(RawFrame(0, 0, "RGB8", b""))

@@ -1,4 +1,4 @@
-"""The GPU pipeline's logic (GpuDetector: header checks, batch letterbox, our PyTorch model,
+"""The GPU pipeline's logic (GpuPipeline: header checks, batch letterbox, our PyTorch model,
 score filter and NMS in torch) run on the CPU build of torch, against the ONNX Runtime path.
 The real GPU runs are tests/gpu; these catch logic errors on every machine."""
 
@@ -13,14 +13,19 @@ torch = pytest.importorskip(
     "torch", reason="the GPU pipeline needs PyTorch (make test installs the CPU build)"
 )
 
+from facedet_server.app.config import ServerConfig  # noqa: E402
+from facedet_server.app.server import limits_for  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
 from facedet_server.faces.options import Options  # noqa: E402
-from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
+from facedet_server.image.inputs import EncodedImage, RawFrame  # noqa: E402
+from facedet_server.pipeline.gpu import GpuPipeline  # noqa: E402
 from facedet_server.pipeline.gpu_prepare import GpuPreparer  # noqa: E402
-from facedet_server.pipeline.host import Detector, EncodedImage, Limits, RawFrame  # noqa: E402
+from facedet_server.pipeline.host import HostPipeline  # noqa: E402
 from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes, require  # noqa: E402
+
+LIMITS = limits_for(ServerConfig())  # the server's defaults
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +44,19 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("name", ["zidane.jpg", "bus.jpg"])
 def test_gpu_pipeline_on_cpu_finds_the_onnxruntime_faces(name: str, backend: TorchCudaBackend) -> None:
     data = image_bytes(name)
-    ref = Detector(OnnxRuntimeBackend(require(MODEL, "model file"))).detect(EncodedImage(data)).faces
-    got = GpuDetector(backend, rectangular=False).detect(EncodedImage(data)).faces
+    ref = (
+        HostPipeline(OnnxRuntimeBackend(require(MODEL, "model file")), LIMITS)
+        .detect(EncodedImage(data))
+        .faces
+    )
+    got = GpuPipeline(backend, LIMITS, rectangular=False).detect(EncodedImage(data)).faces
     assert len(ref) == EXPECTED_FACES[name] == len(got)
     for face in ref:
         assert max(_box_iou(face, other) for other in got) >= 0.9
 
 
 def test_a_batch_of_mixed_inputs_gives_each_its_own_faces(backend: TorchCudaBackend) -> None:
-    detector = GpuDetector(backend)
+    detector = GpuPipeline(backend, LIMITS)
     names = ["zidane.jpg", "bus.jpg", "zidane.jpg"]
     items = [detector.prepare(EncodedImage(image_bytes(n)), Options()) for n in names]
     blank = RawFrame(64, 48, "RGB8", bytes(64 * 48 * 3))
@@ -65,7 +74,7 @@ def test_prepare_inline_checks_only_the_header_and_leaves_the_rest_to_the_pool(
     backend: TorchCudaBackend,
 ) -> None:
     # gpu_decode on, as on a GPU with nvJPEG: the inline step never touches the GPU.
-    preparer = GpuPreparer(backend.spec, Limits(max_pixels=1280 * 720), gpu_decode=True)
+    preparer = GpuPreparer(backend.spec, dataclasses.replace(LIMITS, max_pixels=1280 * 720), gpu_decode=True)
     zidane = image_bytes("zidane.jpg")
     prepared = preparer.prepare_inline(EncodedImage(zidane), Options())
     assert prepared is not None
@@ -73,7 +82,7 @@ def test_prepare_inline_checks_only_the_header_and_leaves_the_rest_to_the_pool(
     # PNG and raw frames need a CPU decode: the decode pool's job, not the event loop's.
     assert preparer.prepare_inline(RawFrame(4, 4, "RGB8", bytes(48)), Options()) is None
     assert preparer.prepare_inline(EncodedImage(b"\x89PNG\r\n\x1a\n" + bytes(64)), Options()) is None
-    tight = dataclasses.replace(preparer, limits=Limits(max_pixels=1280 * 720 - 1))
+    tight = dataclasses.replace(preparer, limits=dataclasses.replace(LIMITS, max_pixels=1280 * 720 - 1))
     with pytest.raises(InvalidImage, match="over the server limit"):
         tight.prepare_inline(EncodedImage(zidane), Options())
     with pytest.raises(InvalidImage, match="header"):
@@ -83,8 +92,10 @@ def test_prepare_inline_checks_only_the_header_and_leaves_the_rest_to_the_pool(
         dataclasses.replace(preparer, gpu_decode=False).prepare_inline(EncodedImage(zidane), Options())
         is None
     )
-    # A GpuDetector off the GPU (this CPU build) never decodes inline, whatever it is asked.
-    assert GpuDetector(backend, gpu_decode="on").prepare_inline(EncodedImage(zidane), Options()) is None
+    # A GpuPipeline off the GPU (this CPU build) never decodes inline, whatever it is asked.
+    assert (
+        GpuPipeline(backend, LIMITS, gpu_decode="on").prepare_inline(EncodedImage(zidane), Options()) is None
+    )
 
 
 def test_gpu_decode_choices_are_checked_and_on_says_why_it_cannot() -> None:

@@ -14,28 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from converter_testdata import TOLERANCE, raw_heads  # noqa: E402
 from facedet_nn.configs import get_config  # noqa: E402
 from facedet_nn.model import DecodedYoloFace  # noqa: E402
 from facedet_nn.onnx_weights import WeightImportError, import_onnx  # noqa: E402
 from facedet_server.faces.heads import decode_heads  # noqa: E402
 from facedet_server.model.spec import UPSTREAM_YOLOV5N_05, ModelSpec  # noqa: E402
 
-TOLERANCE = 1e-4
 OUTPUTS = ["stride_8", "stride_16", "stride_32"]
-
-
-def raw_heads(model: Any, images: np.ndarray) -> list[np.ndarray]:
-    """Our float32 raw heads. Two float32 implementations each round away from the exact result;
-    on logits near -17 ONNX Runtime is off by up to 6e-5 and torch's default CPU convolutions
-    (oneDNN) by up to 1e-4, so together they can miss 1e-4. torch's reference kernels stay
-    within 4e-5 of exact, so the comparison uses those (test_float64_... shows the rest is rounding)."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        with torch.no_grad():
-            return [h.numpy() for h in model(torch.from_numpy(images))]
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 def test_config_is_recognised(imported: Any) -> None:

@@ -48,11 +48,14 @@ def test_server_prefers_the_export_and_matches_the_square_letterbox(
 
 def test_rectangular_input_has_fewer_pixels(exported: Path) -> None:
     """16:9 frames run at 640x384 on the export: 40% fewer pixels than the square 640x640."""
+    from facedet_server.app.config import ServerConfig
+    from facedet_server.app.server import limits_for
     from facedet_server.faces.options import Options
-    from facedet_server.pipeline.host import Detector, EncodedImage
+    from facedet_server.image.inputs import EncodedImage
+    from facedet_server.pipeline.host import HostPipeline
     from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend
 
-    detector = Detector(OnnxRuntimeBackend(exported, intra_op_threads=1))
+    detector = HostPipeline(OnnxRuntimeBackend(exported, intra_op_threads=1), limits_for(ServerConfig()))
     prepared = detector.prepare(EncodedImage(image_bytes("zidane.jpg")), Options())
     assert prepared.canvas.shape == (384, 640, 3)
     assert np.isclose(1 - 384 * 640 / (640 * 640), 0.4)

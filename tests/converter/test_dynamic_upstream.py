@@ -13,7 +13,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from converter_testdata import IMAGES, SAMPLE_IMAGES  # noqa: E402
+from converter_testdata import IMAGES, SAMPLE_IMAGES, TOLERANCE, raw_heads  # noqa: E402
 from facedet_server.faces.heads import decode_heads  # noqa: E402
 from facedet_server.faces.options import Options  # noqa: E402
 from facedet_server.faces.select import select_faces  # noqa: E402
@@ -58,8 +58,6 @@ def test_same_raw_heads_as_the_frozen_file_at_its_size(upstream_session: Any, dy
 def test_any_batch_and_size_matches_our_network(
     imported: Any, dynamic_session: Any, n: int, h: int, w: int
 ) -> None:
-    from test_converter_onnx_import import TOLERANCE, raw_heads
-
     images = np.random.default_rng(h).random((n, 3, h, w), dtype=np.float32)
     ours = dynamic_session.run(OUTPUTS, {"data": images})
     for head, reference, stride in zip(ours, raw_heads(imported, images), (8, 16, 32), strict=True):

@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from facedet_test_support import cuda_torch
 
-torch = pytest.importorskip("torch", reason="the torch-CUDA backend needs PyTorch")
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
+torch = cuda_torch("the torch-CUDA backend needs PyTorch")
 
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
-from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
-from facedet_server.pipeline.host import EncodedImage  # noqa: E402
+from facedet_server.app.config import ServerConfig  # noqa: E402
+from facedet_server.app.server import limits_for  # noqa: E402
+from facedet_server.image.inputs import EncodedImage  # noqa: E402
+from facedet_server.pipeline.gpu import GpuPipeline  # noqa: E402
 from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import (  # noqa: E402
     EXPECTED_FACES,
@@ -33,6 +34,7 @@ from facedet_test_support import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.gpu
+LIMITS = limits_for(ServerConfig())  # the server's defaults
 
 
 def face_rows(response: pb.DetectFacesResponse) -> np.ndarray:
@@ -54,13 +56,14 @@ def face_rows(response: pb.DetectFacesResponse) -> np.ndarray:
     return np.array(rows, np.float32).reshape(-1, 15)
 
 
-def test_engine_process_finds_the_faces_the_in_process_pipeline_finds(start_server: ServerFactory) -> None:
-    server = start_server(
-        "--backend", "torch", "--compile", "off", "--processes", "2", "--engine-process", "on",
-        "--max-batch", "16", "--batch-workers", "2", unix=False, start=False,
+def test_engine_process_finds_the_faces_the_in_process_pipeline_finds(
+    start_torch_server: ServerFactory,
+) -> None:
+    server = start_torch_server(
+        "--compile", "off", "--processes", "2", "--engine-process", "on", "--max-batch", "16",
+        "--batch-workers", "2",
     )  # fmt: skip
-    server.start(timeout=300)
-    detector = GpuDetector(TorchCudaBackend(MODEL, max_batch=16, compile_mode="off"))
+    detector = GpuPipeline(TorchCudaBackend(MODEL, max_batch=16, compile_mode="off"), LIMITS)
     for name, count in sorted(EXPECTED_FACES.items()):
         data = image_bytes(name)
         expected = detector.detect(EncodedImage(data)).faces
@@ -96,13 +99,12 @@ def test_engine_process_finds_the_faces_the_in_process_pipeline_finds(start_serv
     assert stopped and sum(r["images"] for r in summaries + stopped) >= 800 + len(EXPECTED_FACES)
 
 
-def test_engine_and_front_ends_do_not_grow_over_20000_requests(start_server: ServerFactory) -> None:
-    server = start_server(
-        "--backend", "torch", "--compile", "off", "--processes", "2", "--engine-process", "on",
-        "--max-batch", "32", "--batch-workers", "2", "--stream-window", "32", "--max-queue", "1024",
-        "--memory-trim-interval", "1", unix=False, start=False,
+def test_engine_and_front_ends_do_not_grow_over_20000_requests(start_torch_server: ServerFactory) -> None:
+    server = start_torch_server(
+        "--compile", "off", "--processes", "2", "--engine-process", "on", "--max-batch", "32",
+        "--batch-workers", "2", "--stream-window", "32", "--max-queue", "1024",
+        "--memory-trim-interval", "1",
     )  # fmt: skip
-    server.start(timeout=300)
 
     def connected_events() -> list[dict[str, Any]]:
         return [r for r in server.log_records() if r.get("event") == "engine_connected"]

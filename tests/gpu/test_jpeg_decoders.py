@@ -9,25 +9,26 @@ import struct
 
 import numpy as np
 import pytest
+from facedet_test_support import cuda_torch
 
-torch = pytest.importorskip("torch", reason="the GPU decoder needs PyTorch")
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
+torch = cuda_torch("the GPU decoder needs PyTorch")
 
 import cv2  # noqa: E402
 import simplejpeg  # noqa: E402
+from facedet_server.app.config import ServerConfig  # noqa: E402
+from facedet_server.app.server import limits_for  # noqa: E402
 from facedet_server.errors import InvalidImage  # noqa: E402
 from facedet_server.faces.options import Options  # noqa: E402
+from facedet_server.image.inputs import EncodedImage  # noqa: E402
 from facedet_server.image.nvjpeg import NvJpegDecoder, make_jpeg_decoder  # noqa: E402
-from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
-from facedet_server.pipeline.host import EncodedImage  # noqa: E402
+from facedet_server.pipeline.gpu import GpuPipeline  # noqa: E402
 from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
-from facedet_test_support import EXPECTED_FACES, MODEL, image_bytes  # noqa: E402
+from facedet_test_support import EXPECTED_FACES, PHOTOS, image_bytes  # noqa: E402
 from PIL import Image  # noqa: E402
 
 pytestmark = pytest.mark.gpu
+LIMITS = limits_for(ServerConfig())  # the server's defaults
 DEVICE = torch.device("cuda")
-PHOTOS = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg", "test.jpg"]
 
 
 def host_rgb(data: bytes) -> np.ndarray:
@@ -70,11 +71,6 @@ def cut_after_scan_header(data: bytes) -> bytes:
     return data[: sos + 2 + length] + b"\xff\xd9"
 
 
-@pytest.fixture(scope="module")
-def backend() -> TorchCudaBackend:
-    return TorchCudaBackend(MODEL, max_batch=8)
-
-
 def test_pixels_match_libjpeg_turbo() -> None:
     decoder = NvJpegDecoder(DEVICE)
     datas = [image_bytes(photo) for photo in PHOTOS]
@@ -102,8 +98,8 @@ def test_an_image_nvjpeg_refuses_costs_only_itself() -> None:
         assert image is not None and image.shape[0] == 3
 
 
-def test_a_mixed_batch_through_the_detector(backend: TorchCudaBackend) -> None:
-    detector = GpuDetector(backend, gpu_decode="on")
+def test_a_mixed_batch_through_the_detector(torch_backend: TorchCudaBackend) -> None:
+    detector = GpuPipeline(torch_backend, LIMITS, gpu_decode="on")
     zidane = image_bytes("zidane.jpg")
     inputs = [zidane, progressive("bus.jpg"), without_huffman_tables(zidane), gray("zidane.jpg"), zidane]
     items = [detector.prepare(EncodedImage(data), Options()) for data in inputs]

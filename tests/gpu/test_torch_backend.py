@@ -8,20 +8,23 @@ import time
 
 import numpy as np
 import pytest
+from facedet_test_support import cuda_torch
 
-torch = pytest.importorskip("torch", reason="the torch-CUDA backend needs PyTorch")
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU here; run tests/gpu through the device tool", allow_module_level=True)
+torch = cuda_torch("the torch-CUDA backend needs PyTorch")
 
 import simplejpeg  # noqa: E402
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
-from facedet_server.pipeline.gpu import GpuDetector  # noqa: E402
-from facedet_server.pipeline.host import Detector, EncodedImage, RawFrame  # noqa: E402
+from facedet_server.app.config import ServerConfig  # noqa: E402
+from facedet_server.app.server import limits_for  # noqa: E402
+from facedet_server.image.inputs import EncodedImage, RawFrame  # noqa: E402
+from facedet_server.pipeline.gpu import GpuPipeline  # noqa: E402
+from facedet_server.pipeline.host import HostPipeline  # noqa: E402
 from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from facedet_server.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
 from facedet_test_support import (  # noqa: E402
     EXPECTED_FACES,
     MODEL,
+    PHOTOS,
     TRIMMED,
     ServerFactory,
     gpu_mib,
@@ -32,6 +35,7 @@ from facedet_test_support import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.gpu
+LIMITS = limits_for(ServerConfig())  # the server's defaults
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,24 +59,23 @@ def assert_same_faces(ref: np.ndarray, got: np.ndarray, landmark_px: float = 2.0
 
 
 @pytest.fixture(scope="module")
-def cpu_detector() -> Detector:
-    return Detector(OnnxRuntimeBackend(MODEL))
-
-
-@pytest.fixture(scope="module")
-def torch_backend() -> TorchCudaBackend:
-    return TorchCudaBackend(MODEL, max_batch=8)
+def cpu_detector() -> HostPipeline:
+    return HostPipeline(OnnxRuntimeBackend(MODEL), LIMITS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
 def test_torch_cuda_matches_onnxruntime_cpu(
-    name: str, cpu_detector: Detector, torch_backend: TorchCudaBackend
+    name: str, cpu_detector: HostPipeline, torch_backend: TorchCudaBackend
 ) -> None:
     data = image_bytes(name)
     ref = cpu_detector.detect(EncodedImage(data)).faces
     # Same decoder and 640x640 square input as the CPU path, so only the runtime (FP16 CUDA vs
     # FP32 ONNX Runtime) differs; nvJPEG is compared on its own below.
-    got = GpuDetector(torch_backend, gpu_decode="off", rectangular=False).detect(EncodedImage(data)).faces
+    got = (
+        GpuPipeline(torch_backend, LIMITS, gpu_decode="off", rectangular=False)
+        .detect(EncodedImage(data))
+        .faces
+    )
     assert len(ref) == EXPECTED_FACES[name]
     assert_same_faces(ref, got)
 
@@ -86,35 +89,35 @@ def compiled_backend() -> TorchCudaBackend:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
 def test_compiled_model_matches_onnxruntime_cpu(
-    name: str, cpu_detector: Detector, compiled_backend: TorchCudaBackend, torch_backend: TorchCudaBackend
+    name: str, cpu_detector: HostPipeline, compiled_backend: TorchCudaBackend, torch_backend: TorchCudaBackend
 ) -> None:
     """What the server runs by default: inductor's kernels captured in the per-bucket graphs."""
     data = image_bytes(name)
     ref = cpu_detector.detect(EncodedImage(data)).faces
-    square = GpuDetector(compiled_backend, gpu_decode="off", rectangular=False)
+    square = GpuPipeline(compiled_backend, LIMITS, gpu_decode="off", rectangular=False)
     assert_same_faces(ref, square.detect(EncodedImage(data)).faces)
-    rect = GpuDetector(compiled_backend).detect(EncodedImage(data)).faces  # nvJPEG, 640x384 for 16:9
-    eager = GpuDetector(torch_backend).detect(EncodedImage(data)).faces
+    rect = GpuPipeline(compiled_backend, LIMITS).detect(EncodedImage(data)).faces  # nvJPEG, 640x384 for 16:9
+    eager = GpuPipeline(torch_backend, LIMITS).detect(EncodedImage(data)).faces
     assert_same_faces(eager, rect)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
 def test_rectangular_letterbox_finds_the_same_faces(name: str, torch_backend: TorchCudaBackend) -> None:
     data = image_bytes(name)
-    square = GpuDetector(torch_backend, rectangular=False).detect(EncodedImage(data)).faces
-    rect = GpuDetector(torch_backend, rectangular=True).detect(EncodedImage(data)).faces
+    square = GpuPipeline(torch_backend, LIMITS, rectangular=False).detect(EncodedImage(data)).faces
+    rect = GpuPipeline(torch_backend, LIMITS, rectangular=True).detect(EncodedImage(data)).faces
     assert_same_faces(square, rect, landmark_px=6.0)
 
 
-@pytest.mark.parametrize("name", ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg", "test.jpg"])
+@pytest.mark.parametrize("name", PHOTOS)
 def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: TorchCudaBackend) -> None:
     data = image_bytes(name)
-    on_gpu = GpuDetector(torch_backend, gpu_decode="on").detect(EncodedImage(data)).faces
+    on_gpu = GpuPipeline(torch_backend, LIMITS, gpu_decode="on").detect(EncodedImage(data)).faces
     # libjpeg-turbo at full size, sent on as a raw frame: only the decoder differs (the CPU
     # path's own DCT-reduced decode of large JPEGs would change the pixels far more).
     rgb = simplejpeg.decode_jpeg(data, colorspace="RGB")
     frame = RawFrame(rgb.shape[1], rgb.shape[0], "RGB8", rgb.tobytes())
-    on_cpu = GpuDetector(torch_backend, gpu_decode="off").detect(frame).faces
+    on_cpu = GpuPipeline(torch_backend, LIMITS, gpu_decode="off").detect(frame).faces
     strong = on_cpu[on_cpu[:, 4] >= 0.6]  # faces near the threshold may flip on decoder rounding
     assert len(strong) > 0
     best = np.array([max(_iou(face, other) for other in on_gpu) for face in strong])
@@ -122,7 +125,7 @@ def test_nvjpeg_and_libjpeg_turbo_give_the_same_faces(name: str, torch_backend: 
 
 
 def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -> None:
-    detector = GpuDetector(torch_backend)
+    detector = GpuPipeline(torch_backend, LIMITS)
     names = ["zidane.jpg", "sample.jpg", "bus.jpg", "1.jpg"]
     from facedet_server.faces.options import Options
 
@@ -134,10 +137,8 @@ def test_batched_results_equal_single_results(torch_backend: TorchCudaBackend) -
         assert_same_faces(single, result.faces, landmark_px=0.5)
 
 
-def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> None:
-    server = start_server(
-        "--backend",
-        "torch",
+def test_no_memory_growth_over_20000_requests(start_torch_server: ServerFactory) -> None:
+    server = start_torch_server(
         "--max-batch",
         "32",
         "--batch-workers",
@@ -148,10 +149,7 @@ def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> No
         "1024",
         "--memory-trim-interval",
         "1",
-        unix=False,
-        start=False,
-    )
-    server.start(timeout=300)  # the default --compile compiles three shapes first (cold cache)
+    )  # the default --compile: three shapes compiled first (cold cache)
     assert server.proc is not None
     pid = server.proc.pid
     with open_channels(server.target, 16) as channels:
@@ -166,11 +164,10 @@ def test_no_memory_growth_over_20000_requests(start_server: ServerFactory) -> No
     assert gpu1 <= gpu0 * 1.02, f"GPU memory grew {gpu0} -> {gpu1} MiB"
 
 
-def test_batching_settings_left_automatic_are_the_gpus(start_server: ServerFactory) -> None:
+def test_batching_settings_left_automatic_are_the_gpus(start_torch_server: ServerFactory) -> None:
     """No batching flags: torch on a CUDA device runs what the GPU benchmarks used (64 images a
     batch, three in flight, a queue of 1024) and a 1 ms switch interval, not the CPU's values."""
-    server = start_server("--backend", "torch", "--compile", "off", unix=False, start=False)
-    server.start(timeout=300)
+    server = start_torch_server("--compile", "off")
     with server.stub() as stub:
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     assert (info.backend, info.max_batch, info.limits.max_queue) == ("torch", 64, 1024), info

@@ -1,7 +1,7 @@
 """In-process throughput of one or more model files at several batch sizes, in one run:
 `python -m facedet_bench.backends --model A.onnx --model B.onnx --image I --batches 1,4,16`.
 
-Each measured call is `Detector.infer_batch` on already letterboxed copies of the image (tensor
+Each measured call is `HostPipeline.infer_batch` on already letterboxed copies of the image (tensor
 build, model, head decoding, NMS, mapping back): the part of the pipeline that depends on the
 model file. A model with a fixed batch of 1 (the frozen upstream export) runs a batch as that
 many single calls; ours runs it as one call, at the rectangular size the server would use.
@@ -15,14 +15,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from facedet_server.app.config import ServerConfig
+from facedet_server.app.server import limits_for
 from facedet_server.faces.options import Options
-from facedet_server.pipeline.host import Detector, EncodedImage
+from facedet_server.image.inputs import EncodedImage
+from facedet_server.pipeline.host import HostPipeline
 from facedet_server.runtime.onnxruntime import OnnxRuntimeBackend
 
 
 def measure(model: Path, image: bytes, batch: int, seconds: float, threads: int) -> tuple[float, float, str]:
     """(img/s, median ms per batch, network input) for `batch` copies of `image`."""
-    detector = Detector(OnnxRuntimeBackend(model, intra_op_threads=threads, max_batch=batch))
+    detector = HostPipeline(
+        OnnxRuntimeBackend(model, intra_op_threads=threads, max_batch=batch), limits_for(ServerConfig())
+    )
     prepared = detector.prepare(EncodedImage(image), Options())
     items = [prepared] * batch
     detector.infer_batch(items)  # warm-up: ONNX Runtime allocates and picks kernels

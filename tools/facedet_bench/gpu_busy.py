@@ -2,7 +2,7 @@
 `python -m facedet_bench.gpu_busy --model M --image I --batches 64,128 --threads 3`.
 
 `bench_stages` times each stage alone; this answers the question its figures leave open: when
-several inference threads run `GpuDetector.infer_batch` at once, is the GPU itself the limit
+several inference threads run `GpuPipeline.infer_batch` at once, is the GPU itself the limit
 (busy nearly all the time, so only less GPU work per image helps), or do the threads leave it
 idle (waiting on a lock, on the host, on a synchronisation; then more parallelism helps)?
 
@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from facedet_server.app.config import ServerConfig
+from facedet_server.app.server import limits_for
 from facedet_server.faces.options import Options
-from facedet_server.pipeline.gpu import GpuDetector
-from facedet_server.pipeline.host import EncodedImage
+from facedet_server.image.inputs import EncodedImage
+from facedet_server.pipeline.gpu import GpuPipeline
 from facedet_server.runtime.torch_cuda import TorchCudaBackend
 
 from facedet_bench.gpu_stages import threaded_rate
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = [int(b) for b in args.batches.split(",")]
     backend = TorchCudaBackend(args.model, max_batch=max(batches), compile_mode=args.compile_mode)
-    detector = GpuDetector(backend)
+    detector = GpuPipeline(backend, limits_for(ServerConfig()))
     image = EncodedImage(args.image.read_bytes())
     first = detector.prepare(image, Options())
     shape = detector.target_for(first.width, first.height)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from facedet_server.app.config import ServerConfig
+from facedet_server.app.server import limits_for
 from facedet_server.faces.options import Options
+from facedet_server.image.inputs import EncodedImage
 from facedet_server.image.nvjpeg import CHOICES
-from facedet_server.pipeline.gpu import GpuDetector
-from facedet_server.pipeline.host import EncodedImage
+from facedet_server.pipeline.gpu import GpuPipeline
 from facedet_server.runtime.torch_cuda import TorchCudaBackend
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     backend = TorchCudaBackend(args.model, max_batch=max(batches))
-    detector = GpuDetector(backend, gpu_decode=args.gpu_decode)
+    detector = GpuPipeline(backend, limits_for(ServerConfig()), gpu_decode=args.gpu_decode)
     image = EncodedImage(args.image.read_bytes())
     # Every worker thread captures its own CUDA graphs before anything is timed.
     warmers = [threading.Thread(target=detector.warm_up) for _ in range(args.workers)]

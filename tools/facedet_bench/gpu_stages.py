@@ -1,6 +1,6 @@
 """Where a GPU batch's time goes: `python -m facedet_bench.gpu_stages --model M --image I`.
 
-Runs each stage of `GpuDetector.infer_batch` on its own, with a device synchronisation after
+Runs each stage of `GpuPipeline.infer_batch` on its own, with a device synchronisation after
 it, for one batch of copies of one JPEG: the header checks (`prepare`), wrapping the bytes for
 nvJPEG, the nvJPEG batch decode, the letterbox into the model's batch, the model (CUDA graph)
 and the score filter + NMS + copy back. Each figure is the median wall time of `--iters` runs,
@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from facedet_server.app.config import ServerConfig
+from facedet_server.app.server import limits_for
 from facedet_server.faces.gpu_select import select_faces_batch
 from facedet_server.faces.options import Options
+from facedet_server.image.inputs import EncodedImage
 from facedet_server.image.nvjpeg import jpeg_tensors
-from facedet_server.pipeline.gpu import GpuDetector
-from facedet_server.pipeline.host import EncodedImage
+from facedet_server.pipeline.gpu import GpuPipeline
 from facedet_server.runtime.torch_cuda import TorchCudaBackend
 from facedet_server.tensor.gpu_letterbox import letterbox_batch
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.io import decode_jpeg
 
     backend = TorchCudaBackend(args.model, max_batch=args.batch, compile_mode=args.compile_mode)
-    detector = GpuDetector(backend)
+    detector = GpuPipeline(backend, limits_for(ServerConfig()))
     data = args.image.read_bytes()
     image = EncodedImage(data)
     n: int = args.batch

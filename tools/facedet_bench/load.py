@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -40,25 +40,18 @@ from facedet.client.channel import DETECT_METHOD, STREAM_METHOD, channel_options
 from facedet.client.messages import code_name
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_server.app import config as server_config
+from facedet_server.pipeline.base import TIMING_FIELDS, Timing
 from facedet_server.serving.service import DetectionService
 
 T = TypeVar("T")
-TIMING_FIELDS = ("decode_us", "queue_us", "inference_us", "postprocess_us", "total_us", "batch_size")
 CLIENTS_PER_PROCESS = 32
 QUIET_ATTEMPTS = 3  # with --max-other-cpu, tries per wanted pair before keeping a noisy one
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 ERROR_BACKOFF_S = 0.01  # keeps a failing closed loop (e.g. server gone) from spinning a core
 
 
-class TimingLike(Protocol):
-    """pb.Timing or the pipeline's Timing: both carry the same fields."""
-
-    decode_us: int
-    queue_us: int
-    inference_us: int
-    postprocess_us: int
-    total_us: int
-    batch_size: int
+# pb.Timing or the pipeline's Timing: the message's fields are the dataclass's, by name.
+TimingLike = pb.Timing | Timing
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,9 +359,11 @@ async def grpc_run(
 # Load in-process
 
 
-async def _service_client(service: DetectionService, data: bytes, window: Window, samples: Samples) -> None:
+async def _service_client(
+    service: DetectionService[Any], data: bytes, window: Window, samples: Samples
+) -> None:
     from facedet_server.errors import DetectError
-    from facedet_server.pipeline.host import EncodedImage
+    from facedet_server.image.inputs import EncodedImage
 
     while (started := time.perf_counter()) < window.end:
         try:
@@ -383,7 +378,7 @@ async def _service_client(service: DetectionService, data: bytes, window: Window
             samples.add(finished - started, detection.timing)
 
 
-async def in_process_load(service: DetectionService, data: bytes, load: Load) -> Samples:
+async def in_process_load(service: DetectionService[Any], data: bytes, load: Load) -> Samples:
     """The same number of requests in flight as through gRPC (a stream's window counts as that
     many clients: in-process there is no stream, only the pipeline)."""
     window = Window.after_warmup(load)
@@ -883,7 +878,9 @@ async def _in_process(config: server_config.ServerConfig, data: bytes, loads: Se
         return await _in_process_with(service, data, loads)
 
 
-async def _in_process_with(service: DetectionService, data: bytes, loads: Sequence[Load]) -> list[Report]:
+async def _in_process_with(
+    service: DetectionService[Any], data: bytes, loads: Sequence[Load]
+) -> list[Report]:
     return [Report.of("in-process", load, 0, await in_process_load(service, data, load)) for load in loads]
 
 

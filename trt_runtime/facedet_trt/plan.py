@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -333,6 +334,47 @@ class Engine:
 
     def last_errors(self) -> str:
         return _errors(self.logger)
+
+    # ---- one execution context, with caller-owned device memory ----
+    # The runner and any caller that brings its own buffers (device pointers from torch, say) drive
+    # a context through these, so TensorRT's failures read the same wherever they happen.
+
+    def profile_for(self, shape: Shape) -> int:
+        """The first optimization profile that admits an NCHW input `shape`."""
+        for i, profile in enumerate(self.profiles):
+            if profile.contains(shape):
+                return i
+        ranges = ", ".join(f"{p.name}: {p.min}..{p.max}" for p in self.profiles)
+        raise ValueError(f"input shape {shape} is outside every optimization profile ({ranges})")
+
+    def select_profile(self, context: Any, index: int, stream_handle: int) -> None:
+        if not context.set_optimization_profile_async(index, stream_handle):
+            raise EngineError(f"set_optimization_profile_async({index}) failed: {self.last_errors()}")
+
+    def set_input_shape(self, context: Any, shape: Shape) -> dict[str, Shape]:
+        """Set the input's shape on `context`; the output shapes it implies, by name."""
+        name = self.input.name
+        if not context.set_input_shape(name, shape):
+            raise EngineError(f"set_input_shape({name!r}, {shape}) failed: {self.last_errors()}")
+        shapes = {}
+        for info in self.outputs:
+            out = _dims(context.get_tensor_shape(info.name))
+            if any(d < 0 for d in out):
+                raise EngineError(
+                    f"output {info.name!r} has shape {out} for input {shape}: data-dependent output "
+                    "shapes are not supported"
+                )
+            shapes[info.name] = out
+        return shapes
+
+    def execute(self, context: Any, addresses: Mapping[str, int], stream_handle: int) -> None:
+        """Bind each I/O tensor to its device address and queue one run on the CUDA stream
+        `stream_handle`; the run reads and writes those addresses in that stream's order."""
+        for name, ptr in addresses.items():
+            if not context.set_tensor_address(name, ptr):
+                raise EngineError(f"set_tensor_address({name!r}) failed: {self.last_errors()}")
+        if not context.execute_async_v3(stream_handle):
+            raise EngineError(f"execute_async_v3 failed: {self.last_errors()}")
 
     def close(self) -> None:
         # The engine must go before the runtime that deserialized it.

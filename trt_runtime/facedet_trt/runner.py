@@ -197,24 +197,10 @@ class TensorRTRunner:
                 raise EngineError(f"set_tensor_address({name!r}) failed: {self.engine.last_errors()}")
 
     def _select_profile(self, context: Any, index: int, stream: cuda.Stream) -> None:
-        if not context.set_optimization_profile_async(index, stream.ptr):
-            raise EngineError(f"set_optimization_profile_async({index}) failed: {self.engine.last_errors()}")
+        self.engine.select_profile(context, index, stream.ptr)
 
     def _set_shape(self, context: Any, shape: Shape) -> dict[str, Shape]:
-        if not context.set_input_shape(self.input_name, shape):
-            raise EngineError(
-                f"set_input_shape({self.input_name!r}, {shape}) failed: {self.engine.last_errors()}"
-            )
-        shapes = {}
-        for name in self.output_names:
-            out = tuple(int(d) for d in context.get_tensor_shape(name))
-            if any(d < 0 for d in out):
-                raise EngineError(
-                    f"output {name!r} has shape {out} for input {shape}: data-dependent output shapes "
-                    "are not supported"
-                )
-            shapes[name] = out
-        return shapes
+        return self.engine.set_input_shape(context, shape)
 
     # ---- pool ----
 
@@ -240,11 +226,7 @@ class TensorRTRunner:
     # ---- running ----
 
     def profile_for(self, shape: Shape) -> int:
-        for i, profile in enumerate(self.profiles):
-            if profile.contains(shape):
-                return i
-        ranges = ", ".join(f"{p.name}: {p.min}..{p.max}" for p in self.profiles)
-        raise ValueError(f"input shape {shape} is outside every optimization profile ({ranges})")
+        return self.engine.profile_for(shape)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Outputs for an NCHW `batch`, as new arrays in `output_names` order."""

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -29,7 +30,8 @@ from facedet_server.app.config import ServerConfig, listen_addresses, resolve_au
 from facedet_server.app.memory import trim_periodically
 from facedet_server.faces.options import Options
 from facedet_server.model.files import resolve_model
-from facedet_server.pipeline.host import Detector, Limits, Pipeline
+from facedet_server.pipeline.base import Limits, Pipeline
+from facedet_server.pipeline.host import HostPipeline
 from facedet_server.runtime import choose_backend, load_backend
 from facedet_server.serving.batcher import BatcherConfig
 from facedet_server.serving.service import DetectionService
@@ -55,9 +57,10 @@ def resolve_for_model(config: ServerConfig, model_path: Path) -> ServerConfig:
     return resolve_automatic(replace(config, backend=backend), backend, config.device)
 
 
-def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
+def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline[Any]:
     """The model and the pre/post-processing around it, in this process. `config` is one
-    `resolve_for_model` returned: the backend's batch size must be known before it loads."""
+    `resolve_for_model` returned: the backend's batch size must be known before it loads.
+    A runtime that takes batches on its GPU gets the GPU pipeline; any other the host one."""
     if config.backend == "auto" or config.max_batch < 1:
         raise ValueError(
             "build_pipeline needs a config from resolve_for_model (backend and batch size known)"
@@ -71,29 +74,29 @@ def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline:
         device=config.device,
         compile_mode=config.compile,
     )
-    limits = Limits(config.max_pixels, config.max_faces)
-    detector: Pipeline
-    if backend.name == "torch":
-        from facedet_server.pipeline.gpu import GpuDetector
-        from facedet_server.runtime.torch_cuda import TorchCudaBackend
+    limits = limits_for(config)
+    device_backend = backend.device_backend()
+    if device_backend is None:
+        return HostPipeline(backend, limits, config.input_size)
+    from facedet_server.pipeline.gpu import GpuPipeline
 
-        assert isinstance(backend, TorchCudaBackend)
-        gpu = GpuDetector(backend, limits, config.input_size, gpu_decode=config.gpu_decode)
-        log.info(
-            "gpu_pipeline",
-            nvjpeg=gpu.jpeg is not None,
-            buckets=backend.buckets,
-            compile=backend.compile_mode,
-        )
-        detector = gpu
-    else:
-        detector = Detector(backend, limits, config.input_size)
-    return detector
+    gpu = GpuPipeline(device_backend, limits, config.input_size, gpu_decode=config.gpu_decode)
+    log.info("gpu_pipeline", nvjpeg=gpu.jpeg is not None, **device_backend.device_settings())
+    return gpu
 
 
-def build_service(config: ServerConfig, detector: Pipeline) -> DetectionService:
+def limits_for(config: ServerConfig) -> Limits:
+    """What one request may ask for, as the pipeline checks it: `ServerConfig()` gives the
+    defaults, for the benchmarks and tests that build a pipeline without a server."""
+    return Limits(max_pixels=config.max_pixels, max_faces=config.max_faces)
+
+
+def build_service(config: ServerConfig, detector: Pipeline[Any]) -> DetectionService[Any]:
     batcher_config = BatcherConfig(
-        config.max_batch, config.max_delay_ms, config.max_queue, config.batch_workers
+        max_batch=config.max_batch,
+        max_delay_ms=config.max_delay_ms,
+        max_queue=config.max_queue,
+        workers=config.batch_workers,
     )
     defaults = Options(config.min_confidence, config.iou_threshold, config.max_faces, 0.0)
     return DetectionService(detector, batcher_config, defaults, config.decode_threads)
@@ -109,7 +112,7 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def _log_summaries(service: DetectionService, interval: float) -> None:
+async def _log_summaries(service: DetectionService[Any], interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         log.info(
@@ -198,7 +201,7 @@ async def serve(config: ServerConfig) -> None:
     await _shut_down(server, health_servicer, service, config.grace_seconds)
 
 
-def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline, str, ServerConfig]:
+def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline[Any], str, ServerConfig]:
     """(pipeline, what it runs, `config` resolved for where the model runs): the model here, or
     the engine process's at --engine-socket (whose backend and device the engine tells)."""
     if config.role == "frontend":
@@ -233,7 +236,7 @@ async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
 
 
 async def _shut_down(
-    server: grpc.aio.Server, health_servicer: HealthService, service: DetectionService, grace: float
+    server: grpc.aio.Server, health_servicer: HealthService, service: DetectionService[Any], grace: float
 ) -> None:
     log.info("draining", grace_seconds=grace)
     await health_servicer.drain()

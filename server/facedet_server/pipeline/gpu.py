@@ -1,6 +1,7 @@
-"""`GpuDetector`: the Detector interface with decode (nvJPEG, `gpu.jpeg`), letterbox, model and NMS on the
-GPU. The CPU side of a request (`GpuPreparer`, in `gpu.prepare`) only checks the header against
-the limits, so the decode pool stays cheap and the GPU sees whole batches of compressed bytes."""
+"""`GpuPipeline`: decode (nvJPEG, `image.nvjpeg`), letterbox, model and NMS on the GPU, over any
+`DeviceBackend` (our PyTorch network, a TensorRT plan with decoded outputs). The CPU side of a
+request (`GpuPreparer`, in `pipeline.gpu_prepare`) only checks the header against the limits, so
+the decode pool stays cheap and the GPU sees whole batches of compressed bytes."""
 
 from __future__ import annotations
 
@@ -8,57 +9,40 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from facedet_server.errors import DetectError, InvalidImage
 from facedet_server.faces.gpu_select import select_faces_batch
-from facedet_server.faces.options import Options
+from facedet_server.image.inputs import EncodedImage, decode_image
 from facedet_server.image.nvjpeg import NvJpegDecoder, make_jpeg_decoder
+from facedet_server.pipeline.base import BatchingPipeline, Detection, Limits, batch_chunks, micros_since
 from facedet_server.pipeline.gpu_prepare import GpuPrepared, GpuPreparer
-from facedet_server.pipeline.host import (
-    Detection,
-    EncodedImage,
-    ImageInput,
-    Limits,
-    RawFrame,
-    decode_image,
-    micros_since,
-)
-from facedet_server.runtime.torch_cuda import TorchCudaBackend
+from facedet_server.runtime.base import DeviceBackend
 from facedet_server.tensor.gpu_letterbox import letterbox_batch
 
-__all__ = ["GpuDetector", "GpuPrepared"]
+__all__ = ["GpuPipeline", "GpuPrepared"]
 
 
-class GpuDetector:
+class GpuPipeline(BatchingPipeline[GpuPrepared]):
+    preparer: GpuPreparer
+
     def __init__(
         self,
-        backend: TorchCudaBackend,
-        limits: Limits | None = None,
+        backend: DeviceBackend,
+        limits: Limits,
         input_size: int = 640,
         gpu_decode: str = "auto",
         rectangular: bool = True,
     ) -> None:
-        """`gpu_decode`: auto, on or off (`gpu.jpeg.CHOICES`); off decodes JPEGs on the CPU."""
+        """`gpu_decode`: auto, on or off (`image.nvjpeg.CHOICES`); off decodes JPEGs on the CPU."""
         self.backend = backend
         self.spec = backend.spec
-        self.limits = limits or Limits()
+        self.limits = limits
         self.jpeg: NvJpegDecoder | None = make_jpeg_decoder(gpu_decode, backend.torch_device)
         self.preparer = GpuPreparer(self.spec, self.limits, input_size, self.jpeg is not None, rectangular)
 
-    @property
-    def input_shape(self) -> tuple[int, int]:
-        return self.preparer.input_shape
-
     def target_for(self, width: int, height: int) -> tuple[int, int]:
         return self.preparer.target_for(width, height)
-
-    def prepare_inline(self, image: ImageInput, options: Options) -> GpuPrepared | None:
-        return self.preparer.prepare_inline(image, options)
-
-    def prepare(self, image: ImageInput, options: Options) -> GpuPrepared:
-        return self.preparer.prepare(image, options)
 
     def _to_device(self, items: Sequence[GpuPrepared]) -> list[torch.Tensor | DetectError]:
         """(3, h, w) uint8 images on the GPU; nvJPEG decodes all JPEGs of the batch in one call,
@@ -98,16 +82,13 @@ class GpuDetector:
                 img if isinstance(img, DetectError) else InvalidImage("not run") for img in images
             ]
             good = [i for i, img in enumerate(images) if isinstance(img, torch.Tensor)]
-            by_shape: dict[tuple[int, int], list[int]] = {}
-            for i in good:
-                by_shape.setdefault(self.target_for(items[i].width, items[i].height), []).append(i)
-            for (w, h), indices in by_shape.items():
-                for first in range(0, len(indices), self.backend.max_batch):
-                    chunk = indices[first : first + self.backend.max_batch]
-                    tensors = [img for i in chunk if isinstance(img := images[i], torch.Tensor)]
-                    detections = self._run_chunk([items[i] for i in chunk], tensors, w, h, start)
-                    for i, detection in zip(chunk, detections, strict=True):
-                        results[i] = detection
+            targets = [self.target_for(items[i].width, items[i].height) for i in good]
+            for (w, h), chunk in batch_chunks(targets, self.backend.max_batch):
+                indices = [good[j] for j in chunk]
+                tensors = [img for i in indices if isinstance(img := images[i], torch.Tensor)]
+                detections = self._run_chunk([items[i] for i in indices], tensors, w, h, start)
+                for i, detection in zip(indices, detections, strict=True):
+                    results[i] = detection
         return results
 
     def _run_chunk(
@@ -132,19 +113,10 @@ class GpuDetector:
             detections.append(Detection(item_faces, item.width, item.height, timing))
         return detections
 
-    def detect(self, image: ImageInput, options: Options | None = None) -> Detection:
-        start = time.perf_counter()
-        (result,) = self.infer_batch([self.prepare(image, options or Options())])
-        if isinstance(result, DetectError):
-            raise result
-        result.timing.total_us = micros_since(start)
-        return result
-
     def warm_up(self) -> None:
-        """Capture this thread's graphs for the common shapes (square, 16:9 landscape and
-        portrait) at every batch bucket, then run one real batch, so no request pays for it."""
+        """Prepare this thread for the common shapes (square, 16:9 landscape and portrait) at
+        every batch size the backend distinguishes, then run one real batch, so no request
+        pays for it."""
         shapes = sorted({self.input_shape, self.target_for(1280, 720), self.target_for(720, 1280)})
         self.backend.warm_up(shapes)
-        w, h = self.input_shape
-        frame = RawFrame(w, h, "RGB8", np.full((h, w, 3), 114, np.uint8).tobytes())
-        self.infer_batch([self.prepare(frame, Options())])
+        super().warm_up()

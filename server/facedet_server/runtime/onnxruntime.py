@@ -47,5 +47,9 @@ class OnnxRuntimeBackend:
         ]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self.spec.output_names))]
 
+    def device_backend(self) -> None:
+        """Host batches only: ONNX Runtime runs on the CPU here."""
+        return None
+
     def close(self) -> None:
         del self.session

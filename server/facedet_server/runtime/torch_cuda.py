@@ -1,7 +1,8 @@
 """Our PyTorch YOLOv5-Face on CUDA: FP16, channels-last, one CUDA graph per (batch, shape) bucket.
 
 The model decodes its heads inside forward(), so the output is (N, K, 15) candidates on the GPU
-and only final faces cross back to the host (see facedet_server.gpu). Each inference thread
+and only final faces cross back to the host (see facedet_server.pipeline.gpu): a `DeviceBackend`
+(runtime.base). Each inference thread
 gets its own CUDA stream and its own graphs, since a graph's static buffers must not be shared
 by two batches in flight.
 """
@@ -96,6 +97,13 @@ class TorchCudaBackend:
         self._local = _ThreadState()
         # One capture at a time: a capture must not see another thread's capture in progress.
         self._capture_lock = threading.Lock()
+
+    def device_backend(self) -> TorchCudaBackend:
+        """Always one: the module decodes its heads (on the CPU build too, for the tests)."""
+        return self
+
+    def device_settings(self) -> dict[str, object]:
+        return {"buckets": self.buckets, "compile": self.compile_mode}
 
     def _compiled(self) -> torch.nn.Module:
         """The module through inductor, which fuses the activations, concats and channel

@@ -11,13 +11,14 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic
 
 import numpy as np
 
 from facedet_server.errors import DetectError
 from facedet_server.faces.options import Options, resolve_options
-from facedet_server.pipeline.host import Detection, ImageInput, Pipeline
+from facedet_server.image.inputs import ImageInput
+from facedet_server.pipeline.base import Detection, P, Pipeline
 from facedet_server.serving.batcher import Batcher, BatcherConfig
 
 
@@ -52,31 +53,34 @@ class RequestOptions:
     min_face_size: float = 0.0
 
 
-class DetectionService:
+class DetectionService(Generic[P]):
+    """Generic over the pipeline's prepared item, which it only carries from the preparer
+    to the batcher and back to the pipeline."""
+
     def __init__(
         self,
-        detector: Pipeline,
+        pipeline: Pipeline[P],
         batcher_config: BatcherConfig,
         defaults: Options,
         decode_threads: int = 0,
     ) -> None:
-        self.detector = detector
+        self.pipeline = pipeline
         self.defaults = defaults
         self.decode_pool = ThreadPoolExecutor(
             decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
         )
         # One thread per batch worker: the backend runs there, never on the event loop.
         self.infer_pool = ThreadPoolExecutor(batcher_config.workers, thread_name_prefix="infer")
-        self.batcher: Batcher[Any, Detection] = Batcher(
+        self.batcher: Batcher[P, Detection] = Batcher(
             self._infer, self.infer_pool, batcher_config, on_start=self._record_queue
         )
         self.stats = Stats()
 
-    def _infer(self, items: Sequence[Any]) -> Sequence[Detection | DetectError]:
-        return self.detector.infer_batch(items)
+    def _infer(self, items: Sequence[P]) -> Sequence[Detection | DetectError]:
+        return self.pipeline.infer_batch(items)
 
     @staticmethod
-    def _record_queue(item: Any, seconds: float) -> None:
+    def _record_queue(item: P, seconds: float) -> None:
         item.timing.queue_us = int(seconds * 1e6)
 
     def warm_up(self) -> None:
@@ -87,7 +91,7 @@ class DetectionService:
 
         def warm() -> None:
             barrier.wait()  # holds each task on its own thread until all workers have one
-            self.detector.warm_up()
+            self.pipeline.warm_up()
 
         for future in [self.infer_pool.submit(warm) for _ in range(workers)]:
             future.result()
@@ -102,17 +106,18 @@ class DetectionService:
             iou_threshold=requested.iou_threshold,
             max_faces=requested.max_faces,
             min_face_size=requested.min_face_size,
-            max_faces_limit=self.detector.limits.max_faces,
+            max_faces_limit=self.pipeline.limits.max_faces,
         )
 
     async def detect(self, image: ImageInput, requested: RequestOptions | None = None) -> Detection:
         start = time.perf_counter()
         try:
             options = self.options(requested or RequestOptions())
-            prepared = self.detector.prepare_inline(image, options)
+            preparer = self.pipeline.preparer
+            prepared = preparer.prepare_inline(image, options)
             if prepared is None:
                 loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(self.decode_pool, self.detector.prepare, image, options)
+                prepared = await loop.run_in_executor(self.decode_pool, preparer.prepare, image, options)
             detection = await self.batcher.submit(prepared)
         except DetectError as exc:
             self.stats.failed[exc.code.value] += 1
@@ -130,4 +135,4 @@ class DetectionService:
         await self.batcher.close(drain=drain)
         self.decode_pool.shutdown(wait=True)
         self.infer_pool.shutdown(wait=True)
-        self.detector.backend.close()
+        self.pipeline.backend.close()

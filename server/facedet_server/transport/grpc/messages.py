@@ -6,7 +6,8 @@ from facedet.v1 import face_detector_pb2 as pb
 from google.rpc import status_pb2
 
 from facedet_server.errors import InvalidImage
-from facedet_server.pipeline.host import Detection, EncodedImage, ImageInput, RawFrame, Timing
+from facedet_server.image.inputs import EncodedImage, ImageInput, RawFrame
+from facedet_server.pipeline.base import Detection, Timing
 from facedet_server.serving.service import RequestOptions
 
 _PIXEL_FORMATS = {pb.PIXEL_FORMAT_RGB8: "RGB8", pb.PIXEL_FORMAT_BGR8: "BGR8", pb.PIXEL_FORMAT_GRAY8: "GRAY8"}
@@ -35,14 +36,7 @@ def options_from_request(request: pb.DetectFacesRequest) -> RequestOptions:
 
 
 def timing_to_proto(timing: Timing) -> pb.Timing:
-    return pb.Timing(
-        decode_us=timing.decode_us,
-        queue_us=timing.queue_us,
-        inference_us=timing.inference_us,
-        postprocess_us=timing.postprocess_us,
-        total_us=timing.total_us,
-        batch_size=timing.batch_size,
-    )
+    return pb.Timing(**timing.as_dict())  # the message's fields are Timing's, by name
 
 
 def detection_to_response(detection: Detection, frame_id: int) -> pb.DetectFacesResponse:

@@ -31,11 +31,11 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
     `ready` hands it the service."""
 
     def __init__(self, stream_window: int) -> None:
-        self.service: DetectionService | None = None
+        self.service: DetectionService[Any] | None = None
         self.model_info = pb.ModelInfo()
         self.stream_window = stream_window
 
-    def ready(self, service: DetectionService, info: pb.ModelInfo) -> None:
+    def ready(self, service: DetectionService[Any], info: pb.ModelInfo) -> None:
         self.service, self.model_info = service, info
 
     async def _detect(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
@@ -108,13 +108,13 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         return self.model_info
 
 
-def model_info(service: DetectionService, max_message_bytes: int, max_queue: int) -> pb.ModelInfo:
-    detector = service.detector
-    backend = detector.backend
-    width, height = detector.input_shape
+def model_info(service: DetectionService[Any], max_message_bytes: int, max_queue: int) -> pb.ModelInfo:
+    pipeline = service.pipeline
+    backend = pipeline.backend
+    width, height = pipeline.preparer.input_shape
     defaults = service.defaults
     return pb.ModelInfo(
-        name=detector.spec.name,
+        name=pipeline.spec.name,
         input_width=width,
         input_height=height,
         backend=backend.name,
@@ -128,8 +128,8 @@ def model_info(service: DetectionService, max_message_bytes: int, max_queue: int
         ),
         limits=pb.Limits(
             max_message_bytes=max_message_bytes,
-            max_pixels=detector.limits.max_pixels,
-            max_faces=detector.limits.max_faces,
+            max_pixels=pipeline.limits.max_pixels,
+            max_faces=pipeline.limits.max_faces,
             max_queue=max_queue,
         ),
         model_sha256=backend.model_sha256,
