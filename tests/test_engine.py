@@ -506,7 +506,7 @@ def _run_batch_frame(*items: Any, buffers: tuple[bytes, ...]) -> Frame:
     return receive(raw_frame(msgspec.msgpack.encode(RunBatch(list(items))), buffers))
 
 
-WIRE_OPTIONS = OptionsWire(0.5, 0.5, 1000, 0.0)
+WIRE_OPTIONS = OptionsWire(0.5, 0.5, 1000, 0.0, True)
 WIRE_TIMING = TimingWire(0, 0, 0, 0, 0, 0)
 IDENTITY = LetterboxWire(1.0, 1.0, 0.0, 0.0)
 
@@ -520,10 +520,10 @@ IDENTITY = LetterboxWire(1.0, 1.0, 0.0, 0.0)
         ),
         (PreparedWire(ArrayRef(0, "uint8", (2, 2, 3)), IDENTITY, 2, 2, WIRE_OPTIONS, WIRE_TIMING), "shape"),
         (PreparedWire(ArrayRef(0, "float32", (3, 1)), IDENTITY, 2, 2, WIRE_OPTIONS, WIRE_TIMING), "shape"),
-        (GpuPreparedWire(WIRE_OPTIONS, 1, 1, 3, None, (1.0, 1.0), WIRE_TIMING), "buffer 3"),
+        (GpuPreparedWire(WIRE_OPTIONS, 1, 1, 3, None, (1.0, 1.0), 1, WIRE_TIMING), "buffer 3"),
         (
             GpuPreparedWire(
-                WIRE_OPTIONS, 1, 1, None, ArrayRef(0, "uint8", (0, 1 << 62, 4)), (1, 1), WIRE_TIMING
+                WIRE_OPTIONS, 1, 1, None, ArrayRef(0, "uint8", (0, 1 << 62, 4)), (1, 1), 1, WIRE_TIMING
             ),
             "",
         ),

@@ -50,3 +50,28 @@ def test_no_exif_and_out_of_range_values_are_upright() -> None:
     pixels = np.zeros((4, 4, 3), np.uint8)
     assert jpeg_orientation(_jpeg(pixels, None)) == 1
     assert jpeg_orientation(_jpeg(pixels, 9)) == 1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_torch_version_turns_the_same_way(orientation: int) -> None:
+    torch = pytest.importorskip("torch")
+    from facedet_server.image.nvjpeg import upright_chw
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    turned = upright_chw(torch.from_numpy(stored).permute(2, 0, 1), orientation).permute(1, 2, 0)
+    np.testing.assert_array_equal(turned.numpy(), upright(stored, orientation))
+
+
+def test_photos_are_stored_so_that_viewers_show_them_upright() -> None:
+    from exif_photos import stored_jpeg
+    from facedet_test_support import image_bytes
+
+    upright_jpeg = image_bytes("zidane.jpg")
+    viewed = np.asarray(Image.open(io.BytesIO(stored_jpeg(upright_jpeg, 1))))
+    for orientation in range(2, 9):
+        data = stored_jpeg(upright_jpeg, orientation)
+        assert jpeg_orientation(data) == orientation
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+        assert shown.shape == viewed.shape
+        # Lossy re-encoding of turned pixels: close, not equal.
+        assert float(np.abs(shown.astype(np.int16) - viewed.astype(np.int16)).mean()) < 3.0

@@ -112,11 +112,11 @@ def _timing(w: TimingWire) -> Timing:
 
 
 def _options_wire(o: Options) -> OptionsWire:
-    return OptionsWire(o.min_confidence, o.iou_threshold, o.max_faces, o.min_face_size)
+    return OptionsWire(o.min_confidence, o.iou_threshold, o.max_faces, o.min_face_size, o.exif_orientation)
 
 
 def _options(w: OptionsWire) -> Options:
-    return Options(w.min_confidence, w.iou_threshold, w.max_faces, w.min_face_size)
+    return Options(w.min_confidence, w.iou_threshold, w.max_faces, w.min_face_size, w.exif_orientation)
 
 
 def spec_wire(spec: ModelSpec) -> SpecWire:
@@ -216,6 +216,7 @@ def _item_wire(item: Prepared | GpuPrepared, out: OutOfBand) -> PreparedWire | G
             None if item.jpeg is None else out.add_bytes(item.jpeg),
             None if item.pixels is None else out.add_array(item.pixels),
             item.scale,
+            item.orientation,
             _timing_wire(item.timing),
         )
     raise TypeError(f"no wire form for a batch item of type {type(item).__name__}")
@@ -241,6 +242,7 @@ def batch_items(message: RunBatch, buffers: Sequence[memoryview]) -> list[Prepar
                     jpeg=None if w.jpeg is None else _buffer(buffers, w.jpeg),
                     pixels=None if w.pixels is None else _array(w.pixels, buffers),
                     scale=w.scale,
+                    orientation=w.orientation,
                     timing=_timing(w.timing),
                 )
             )

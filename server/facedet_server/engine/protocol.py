@@ -51,6 +51,7 @@ class OptionsWire(_Wire, frozen=True):
     iou_threshold: float
     max_faces: int
     min_face_size: float
+    exif_orientation: bool
 
 
 class LetterboxWire(_Wire, frozen=True):
@@ -123,6 +124,7 @@ class GpuPreparedWire(_Wire, frozen=True, tag="gpu"):
     jpeg: Count | None  # the buffer holding the compressed bytes
     pixels: ArrayRef | None
     scale: tuple[float, float]
+    orientation: int
     timing: TimingWire
 
 

@@ -14,6 +14,9 @@ class Options:
     iou_threshold: float = 0.5
     max_faces: int = 1000
     min_face_size: float = 0.0
+    # Detect in the upright picture a JPEG's EXIF orientation describes (what viewers show),
+    # rather than in its pixels as stored.
+    exif_orientation: bool = True
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -29,6 +32,7 @@ def resolve_options(
     max_faces: int = 0,
     min_face_size: float = 0.0,
     max_faces_limit: int = 1000,
+    ignore_exif_orientation: bool = False,
 ) -> Options:
     """Fill zero fields from `defaults`; reject NaN, negative and out-of-range values."""
     _check_unit("min_confidence", min_confidence)
@@ -44,4 +48,5 @@ def resolve_options(
         iou_threshold=iou_threshold or defaults.iou_threshold,
         max_faces=max_faces or min(defaults.max_faces, max_faces_limit),
         min_face_size=min_face_size or defaults.min_face_size,
+        exif_orientation=defaults.exif_orientation and not ignore_exif_orientation,
     )

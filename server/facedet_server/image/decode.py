@@ -17,6 +17,7 @@ import numpy as np
 import simplejpeg
 
 from facedet_server.errors import InvalidImage
+from facedet_server.image.exif import TRANSPOSING, UPRIGHT, jpeg_orientation, upright, upright_size
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,13 +66,20 @@ def dct_scale_for(width: int, height: int, target_w: int, target_h: int) -> int:
     return 8
 
 
-def decode_jpeg(data: bytes, max_pixels: int, target: tuple[int, int] | None = None) -> DecodedImage:
-    """Decode a JPEG; `target` (width, height) allows DCT-scaled decoding down towards it."""
+def decode_jpeg(
+    data: bytes, max_pixels: int, target: tuple[int, int] | None = None, orient: bool = True
+) -> DecodedImage:
+    """Decode a JPEG; `target` (width, height) allows DCT-scaled decoding down towards it. With
+    `orient`, the pixels (and the size reported) are the upright picture its EXIF orientation
+    describes, as every viewer shows it."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:
         raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
     check_pixels(width, height, max_pixels)
+    orientation = jpeg_orientation(data) if orient else UPRIGHT
+    if target and orientation in TRANSPOSING:  # the target is upright; the stored pixels are not
+        target = (target[1], target[0])
     m = dct_scale_for(width, height, *target) if target else 8
     out_w, out_h = math.ceil(width * m / 8), math.ceil(height * m / 8)
     try:
@@ -87,6 +95,9 @@ def decode_jpeg(data: bytes, max_pixels: int, target: tuple[int, int] | None = N
     if (dw, dh) != (out_w, out_h):
         # libjpeg-turbo chose another factor than ours; recover it from the size it produced.
         m = round(dw * 8 / width)
+    if orientation != UPRIGHT:
+        pixels = np.ascontiguousarray(upright(pixels, orientation))
+        width, height = upright_size(width, height, orientation)
     return DecodedImage(pixels, width, height, scale_x=8 / m, scale_y=8 / m)
 
 
@@ -114,12 +125,15 @@ def decode_png(data: bytes, max_pixels: int) -> DecodedImage:
     return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), width, height)
 
 
-def decode_encoded(data: bytes, max_pixels: int, target: tuple[int, int] | None = None) -> DecodedImage:
-    """Sniff the format from the magic bytes and decode; anything else is INVALID_ARGUMENT."""
+def decode_encoded(
+    data: bytes, max_pixels: int, target: tuple[int, int] | None = None, orient: bool = True
+) -> DecodedImage:
+    """Sniff the format from the magic bytes and decode; anything else is INVALID_ARGUMENT.
+    `orient`: apply a JPEG's EXIF orientation (see decode_jpeg)."""
     if not data:
         raise InvalidImage("image.encoded is empty")
     if data.startswith(JPEG_MAGIC):
-        return decode_jpeg(data, max_pixels, target)
+        return decode_jpeg(data, max_pixels, target, orient)
     if data.startswith(PNG_MAGIC):
         return decode_png(data, max_pixels)
     for magic, name in _OTHER_FORMATS.items():

@@ -24,10 +24,13 @@ class RawFrame:
 ImageInput = EncodedImage | RawFrame
 
 
-def decode_image(image: ImageInput, max_pixels: int, target: tuple[int, int] | None) -> DecodedImage:
-    """Either kind of input -> RGB pixels; `target` (w, h) allows a DCT-reduced JPEG decode."""
+def decode_image(
+    image: ImageInput, max_pixels: int, target: tuple[int, int] | None, orient: bool = True
+) -> DecodedImage:
+    """Either kind of input -> RGB pixels; `target` (w, h) allows a DCT-reduced JPEG decode;
+    `orient` applies a JPEG's EXIF orientation."""
     if isinstance(image, EncodedImage):
-        return decode_encoded(image.data, max_pixels, target=target)
+        return decode_encoded(image.data, max_pixels, target=target, orient=orient)
     return decode_raw(image.width, image.height, image.pixel_format, image.data, max_pixels)
 
 

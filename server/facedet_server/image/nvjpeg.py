@@ -81,3 +81,18 @@ def make_jpeg_decoder(choice: str, device: torch.device) -> NvJpegDecoder | None
             raise RuntimeError(f"--gpu-decode on: nvJPEG cannot run here: {missing}")
         return None
     return NvJpegDecoder(device)
+
+
+def upright_chw(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (c, h, w) image as stored -> the upright picture its EXIF orientation describes; the
+    same turns as `facedet_server.image.exif.upright`, on the image's device."""
+    if orientation in (2, 4, 5, 7):  # the mirrored ones: flip first, then turn as 1, 3, 8, 6
+        image = torch.flip(image, dims=(2,))
+        orientation = {2: 1, 4: 3, 5: 8, 7: 6}[orientation]
+    if orientation == 3:
+        return torch.flip(image, dims=(1, 2))
+    if orientation == 6:
+        return torch.rot90(image, k=-1, dims=(1, 2)).contiguous()
+    if orientation == 8:
+        return torch.rot90(image, k=1, dims=(1, 2)).contiguous()
+    return image

@@ -14,7 +14,7 @@ import torch
 from facedet_server.errors import DetectError, InvalidImage
 from facedet_server.faces.gpu_select import select_faces_batch
 from facedet_server.image.inputs import EncodedImage, decode_image
-from facedet_server.image.nvjpeg import NvJpegDecoder, make_jpeg_decoder
+from facedet_server.image.nvjpeg import NvJpegDecoder, make_jpeg_decoder, upright_chw
 from facedet_server.pipeline.base import BatchingPipeline, Detection, Limits, batch_chunks, micros_since
 from facedet_server.pipeline.gpu_prepare import GpuPrepared, GpuPreparer
 from facedet_server.runtime.base import DeviceBackend
@@ -54,13 +54,16 @@ class GpuPipeline(BatchingPipeline[GpuPrepared]):
             decoded = self.jpeg.decode([items[i].jpeg or b"" for i in jpeg_idx])
             for i, tensor in zip(jpeg_idx, decoded, strict=True):
                 if tensor is not None:
-                    out[i] = tensor
+                    out[i] = upright_chw(tensor, items[i].orientation)
             jpeg_idx = [i for i, tensor in zip(jpeg_idx, decoded, strict=True) if tensor is None]
         for i in jpeg_idx:
             item = items[i]
             try:
                 fallback = decode_image(
-                    EncodedImage(bytes(item.jpeg or b"")), self.limits.max_pixels, self.input_shape
+                    EncodedImage(bytes(item.jpeg or b"")),
+                    self.limits.max_pixels,
+                    self.input_shape,
+                    item.options.exif_orientation,
                 )
             except DetectError as exc:
                 out[i] = exc

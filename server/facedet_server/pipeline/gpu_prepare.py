@@ -15,6 +15,7 @@ import simplejpeg
 from facedet_server.errors import InvalidImage
 from facedet_server.faces.options import Options
 from facedet_server.image.decode import JPEG_MAGIC, check_pixels
+from facedet_server.image.exif import UPRIGHT, jpeg_orientation, upright_size
 from facedet_server.image.inputs import EncodedImage, ImageInput, decode_image
 from facedet_server.model.spec import ModelSpec
 from facedet_server.pipeline.base import Limits, Timing, micros_since
@@ -31,6 +32,9 @@ class GpuPrepared:
     jpeg: bytes | memoryview | None = None
     pixels: np.ndarray | None = None  # already decoded on the CPU (raw frames, PNG, fallbacks)
     scale: tuple[float, float] = (1.0, 1.0)
+    # The EXIF orientation still to apply to `jpeg` once decoded (1: none); width and height
+    # are already the upright picture's.
+    orientation: int = UPRIGHT
     timing: Timing = field(default_factory=Timing)
 
 
@@ -71,7 +75,9 @@ class GpuPreparer:
         check_pixels(width, height, self.limits.max_pixels)
         if colorspace == "CMYK":  # nvJPEG has no CMYK output; those go through the CPU
             return None
-        prepared = GpuPrepared(options, width, height, jpeg=image.data)
+        orientation = jpeg_orientation(image.data) if options.exif_orientation else UPRIGHT
+        width, height = upright_size(width, height, orientation)
+        prepared = GpuPrepared(options, width, height, jpeg=image.data, orientation=orientation)
         prepared.timing.decode_us = micros_since(start)
         return prepared
 
@@ -80,7 +86,7 @@ class GpuPreparer:
         if inline is not None:
             return inline
         start = time.perf_counter()
-        decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
+        decoded = decode_image(image, self.limits.max_pixels, self.input_shape, options.exif_orientation)
         prepared = GpuPrepared(
             options,
             decoded.width,

@@ -53,7 +53,7 @@ class HostPreparer:
     def prepare(self, image: ImageInput, options: Options) -> Prepared:
         """Decode and letterbox; CPU work that releases the GIL, run on the decode pool."""
         start = time.perf_counter()
-        decoded = decode_image(image, self.limits.max_pixels, self.input_shape)
+        decoded = decode_image(image, self.limits.max_pixels, self.input_shape, options.exif_orientation)
         target_w, target_h = input_shape_for(
             decoded.width, decoded.height, self.fixed_shape, self.input_size, self.spec.size_multiple
         )

@@ -51,6 +51,7 @@ class RequestOptions:
     iou_threshold: float = 0.0
     max_faces: int = 0
     min_face_size: float = 0.0
+    ignore_exif_orientation: bool = False
 
 
 class DetectionService(Generic[P]):
@@ -107,6 +108,7 @@ class DetectionService(Generic[P]):
             max_faces=requested.max_faces,
             min_face_size=requested.min_face_size,
             max_faces_limit=self.pipeline.limits.max_faces,
+            ignore_exif_orientation=requested.ignore_exif_orientation,
         )
 
     async def detect(self, image: ImageInput, requested: RequestOptions | None = None) -> Detection:

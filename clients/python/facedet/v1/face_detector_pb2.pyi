@@ -44,16 +44,18 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DetectionOptions(_message.Message):
-    __slots__ = ("min_confidence", "iou_threshold", "max_faces", "min_face_size")
+    __slots__ = ("min_confidence", "iou_threshold", "max_faces", "min_face_size", "ignore_exif_orientation")
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MAX_FACES_FIELD_NUMBER: _ClassVar[int]
     MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EXIF_ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     min_confidence: float
     iou_threshold: float
     max_faces: int
     min_face_size: float
-    def __init__(self, min_confidence: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_faces: _Optional[int] = ..., min_face_size: _Optional[float] = ...) -> None: ...
+    ignore_exif_orientation: bool
+    def __init__(self, min_confidence: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_faces: _Optional[int] = ..., min_face_size: _Optional[float] = ..., ignore_exif_orientation: _Optional[bool] = ...) -> None: ...
 
 class DetectFacesResponse(_message.Message):
     __slots__ = ("faces", "image_width", "image_height", "frame_id", "timing", "error")

@@ -32,7 +32,9 @@ def image_from_request(request: pb.DetectFacesRequest) -> ImageInput:
 
 def options_from_request(request: pb.DetectFacesRequest) -> RequestOptions:
     o = request.options
-    return RequestOptions(o.min_confidence, o.iou_threshold, o.max_faces, o.min_face_size)
+    return RequestOptions(
+        o.min_confidence, o.iou_threshold, o.max_faces, o.min_face_size, o.ignore_exif_orientation
+    )
 
 
 def timing_to_proto(timing: Timing) -> pb.Timing:
