@@ -37,6 +37,7 @@ from facedet_nn.onnx_weights import (
     OnnxConv,
     WeightImportError,
     convs_in_forward_order,
+    count_mismatch,
     geometry_of,
     load_onnx_convs,
 )
@@ -409,14 +410,7 @@ def first_ncnn_mismatch(model: YoloFace, convs: list[NcnnConv]) -> str | None:
                 f"{theirs.layer.name} on line {theirs.layer.line} ({theirs.geometry.describe()}, then "
                 f"{theirs.activation})"
             )
-    if len(ours) != len(convs):
-        extra = (
-            f"our first unmatched layer is {ours[len(convs)][0]}"
-            if len(ours) > len(convs)
-            else f"the first unmatched ncnn layer is {convs[len(ours)].layer.name}"
-        )
-        return f"{model.config.name} has {len(ours)} convolutions, the ncnn graph {len(convs)}; {extra}"
-    return None
+    return count_mismatch(model, ours, [c.layer.name for c in convs], "ncnn layer", "the ncnn graph")
 
 
 def _meta_model(config: ModelConfig) -> YoloFace:

@@ -178,14 +178,21 @@ def first_mismatch(model: YoloFace, convs: list[OnnxConv]) -> str | None:
                 f"layer {name} (conv #{position}) lines up with ONNX node {theirs.node_name}, whose "
                 f"weight is named {theirs.weight_name!r}"
             )
-    if len(ours) != len(convs):
-        extra = (
-            f"our first unmatched layer is {ours[len(convs)][0]}"
-            if len(ours) > len(convs)
-            else f"the first unmatched ONNX node is {convs[len(ours)].node_name}"
-        )
-        return f"{model.config.name} has {len(ours)} convolutions, the ONNX file {len(convs)}; {extra}"
-    return None
+    return count_mismatch(model, ours, [c.node_name for c in convs], "ONNX node", "the ONNX file")
+
+
+def count_mismatch(
+    model: YoloFace, ours: list[tuple[str, nn.Conv2d]], theirs: list[str], kind: str, source: str
+) -> str | None:
+    """Why our convolutions and a file's (named `theirs`, each a `kind`) differ in number."""
+    if len(ours) == len(theirs):
+        return None
+    extra = (
+        f"our first unmatched layer is {ours[len(theirs)][0]}"
+        if len(ours) > len(theirs)
+        else f"the first unmatched {kind} is {theirs[len(ours)]}"
+    )
+    return f"{model.config.name} has {len(ours)} convolutions, {source} {len(theirs)}; {extra}"
 
 
 def load_onnx_convs(model: YoloFace, convs: list[OnnxConv]) -> None:
