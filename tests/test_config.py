@@ -16,9 +16,11 @@ from facedet_server.app.config import (
     from_args,
     front_end_addresses,
     listen_addresses,
+    non_default,
     resolve_automatic,
     runs_on_gpu,
     settings_table,
+    shown_default,
     validate,
 )
 
@@ -216,6 +218,60 @@ def test_help_shows_the_settings_under_their_groups() -> None:
         assert positions[group] < text.index(f"  {setting.flag} ") < after, setting.flag
 
 
+def test_help_shows_every_default() -> None:
+    parser = argparse.ArgumentParser(prog="facedet serve")
+    add_arguments(parser, {})
+    text = " ".join(parser.format_help().split())
+    for setting in SETTINGS:
+        assert f"[env {setting.env}; default {shown_default(setting)}" in text, setting.flag
+    assert "default ]" not in text and "default None" not in text
+    assert "[env FACEDET_ENGINE_SOCKET; default (none)]" in text
+    assert "[env FACEDET_FRONT_END_LISTEN; default (none)]" in text
+    assert "[env FACEDET_REUSE_PORT; default false; --no-reuse-port turns it off]" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        ([], {}, False),
+        (["--reuse-port"], {}, True),
+        (["--reuse-port", "--listen", "127.0.0.1:1"], {}, True),  # takes no value of its own
+        (["--no-reuse-port"], {"FACEDET_REUSE_PORT": "true"}, False),
+        (["--reuse-port", "true"], {}, True),  # as the supervisor passes it to its children
+        (["--reuse-port", "off"], {"FACEDET_REUSE_PORT": "yes"}, False),
+        (["--reuse-port", "--no-reuse-port"], {}, False),  # the last one wins
+        ([], {"FACEDET_REUSE_PORT": "1"}, True),
+        ([], {"FACEDET_REUSE_PORT": "FALSE"}, False),
+    ],
+)
+def test_a_boolean_setting_is_a_switch_and_its_environment_twin_reads_true_false(
+    argv: list[str], environ: dict[str, str], expected: bool
+) -> None:
+    assert parse(argv, environ).reuse_port is expected
+
+
+def test_a_bad_boolean_is_refused() -> None:
+    for argv in (["--reuse-port", "maybe"], ["--no-reuse-port", "true"]):
+        with pytest.raises(SystemExit):
+            parse(argv)
+    with pytest.raises(ValueError, match="FACEDET_REUSE_PORT='maybe' is not valid for --reuse-port"):
+        parse([], {"FACEDET_REUSE_PORT": "maybe"})
+
+
+def test_choices_ignore_case_on_the_command_line_and_in_the_environment() -> None:
+    config = parse(["--log-level", "INFO", "--backend", "ONNXRuntime", "--log-format", "Json"])
+    assert (config.log_level, config.backend, config.log_format) == ("info", "onnxruntime", "json")
+    from_env = parse([], {"FACEDET_LOG_LEVEL": "WARNING", "FACEDET_ENGINE_PROCESS": "Off"})
+    assert (from_env.log_level, from_env.engine_process) == ("warning", "off")
+    assert all(choice == choice.lower() for s in SETTINGS for choice in s.choices or ())
+
+
+def test_non_default_names_only_what_differs_from_the_defaults() -> None:
+    assert non_default(parse([])) == {}
+    config = parse(["--max-batch", "16", "--listen", "127.0.0.1:1", "--max-faces", "1000"])
+    assert non_default(config) == {"max_batch": 16, "listen": ["127.0.0.1:1"]}
+
+
 def test_every_group_has_settings_and_every_setting_a_known_type() -> None:
     assert {s.group for s in SETTINGS} == set(GROUPS)
     parsers = {s.name: s.parse for s in SETTINGS}
@@ -323,9 +379,16 @@ def test_only_a_front_end_of_processes_listens_on_its_own_addresses() -> None:
 
 
 def readme_row(setting: Setting) -> str:
-    default = ", ".join(setting.default) if isinstance(setting.default, list) else setting.default
-    shown = f"`{default}`" if default != "" else "(none)"
-    return f"| `{setting.flag}` | `{setting.env}` | {shown} | {setting.help} |"
+    default = setting.default
+    if isinstance(default, list):
+        default = ", ".join(default)
+    elif isinstance(default, bool):
+        default = "true" if default else "false"
+    shown = "(none)" if default in ("", None) else f"`{default}`"
+    flags = f"`{setting.flag}`"
+    if isinstance(setting.default, bool):
+        flags += f", `--no-{setting.flag[2:]}`"
+    return f"| {flags} | `{setting.env}` | {shown} | {setting.help} |"
 
 
 REGENERATE = (

@@ -155,19 +155,45 @@ def test_pull_refuses_corrupt_download(http: FileServer, tmp_path: Path) -> None
     assert leftovers(home / "models") == []
 
 
-def test_pull_prefers_mirror(http: FileServer, tmp_path: Path) -> None:
+def test_pull_prefers_mirror_and_keeps_a_copy_in_the_cache(http: FileServer, tmp_path: Path) -> None:
     home = tmp_path / "h"
     path = pull(NAME, home=home, mirror=MODEL.parent, url=http.url("good.onnx"))
-    assert path == MODEL.parent / ENTRY.filename
+    assert path == modelfiles.cache_path(ENTRY, home)
+    assert sha256(path) == ENTRY.sha256
     assert http.requests == []
-    assert not (home / "models" / ENTRY.filename).exists()
+    assert leftovers(path.parent) == []
+    # Later: found in the cache without the mirror, and without the network (the URL fails).
+    assert pull(NAME, home=home, url=http.url("corrupt.onnx")) == path
+    assert http.requests == []
+
+
+def test_pull_replaces_a_bad_cached_copy_from_the_mirror(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    cached = modelfiles.cache_path(ENTRY, home)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a model")
+    assert pull(NAME, home=home, mirror=MODEL.parent) == cached
+    assert sha256(cached) == ENTRY.sha256
+
+
+def test_pull_without_a_writable_cache_returns_the_mirror(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    home.write_bytes(b"")  # a file where the cache's folder would go: it cannot be made
+    assert pull(NAME, home=home, mirror=MODEL.parent) == MODEL.parent / ENTRY.filename
+
+
+def test_pull_can_leave_the_cache_alone(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    assert pull(NAME, home=home, mirror=MODEL.parent, cache_mirror=False) == MODEL.parent / ENTRY.filename
+    assert not modelfiles.cache_path(ENTRY, home).exists()
 
 
 def test_pull_mirror_from_environment(
     http: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FACEDET_MODEL_DIR", str(MODEL.parent))
-    assert pull(NAME, home=tmp_path / "h", url=http.url("good.onnx")) == MODEL.parent / ENTRY.filename
+    home = tmp_path / "h"
+    assert pull(NAME, home=home, url=http.url("good.onnx")) == modelfiles.cache_path(ENTRY, home)
     assert http.requests == []
 
 
@@ -234,8 +260,11 @@ def test_resolve_model_missing_path(tmp_path: Path) -> None:
 
 def test_resolve_model_name_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEDET_MODEL_DIR", str(MODEL.parent))
-    assert resolve_model(NAME) == MODEL.parent / ENTRY.filename
-    assert resolve_model(None) == MODEL.parent / ENTRY.filename  # the default model
+    # The served form of the mirror's file (tests/test_default_model.py says which form).
+    assert resolve_model(NAME) == resolve_model(None)  # the default model
+    assert resolve_model(NAME).name.startswith(Path(ENTRY.filename).stem)
+    # Serving reads the mirror in place: only `facedet models pull` copies it into the cache.
+    assert not modelfiles.cache_path(ENTRY).exists()
     monkeypatch.setenv("FACEDET_MODEL", str(MODEL))
     assert resolve_model(None) == MODEL
 
@@ -277,8 +306,14 @@ def test_cli_models_pull_unreachable(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_cli_models_pull_from_mirror(tmp_path: Path) -> None:
-    env = {**cli_env(tmp_path), "FACEDET_MODEL_DIR": str(MODEL.parent)}
-    result = run_cli("models", "pull", NAME, env=env)
+def test_cli_models_pull_from_mirror_fills_the_cache(tmp_path: Path) -> None:
+    """What `make serve` relies on: a pull with the Makefile's mirror leaves the model in the
+    cache, where a pull without the mirror and without the network then finds it."""
+    env = cli_env(tmp_path)
+    result = run_cli("models", "pull", NAME, env={**env, "FACEDET_MODEL_DIR": str(MODEL.parent)})
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()) == MODEL.parent / ENTRY.filename
+    cached = tmp_path / "clihome" / "models" / ENTRY.filename
+    assert Path(result.stdout.strip()) == cached and sha256(cached) == ENTRY.sha256
+    offline = run_cli("models", "pull", NAME, "--url", f"http://127.0.0.1:{free_port()}/x.onnx", env=env)
+    assert offline.returncode == 0, offline.stderr
+    assert Path(offline.stdout.strip()) == cached

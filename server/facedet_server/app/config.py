@@ -113,6 +113,12 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _choice(text: str) -> str:
+    """A value of a setting with choices: they are all lower case, and `--log-level INFO` means
+    what `--log-level info` does."""
+    return text.strip().lower()
+
+
 @dataclass(frozen=True)
 class AutomaticValues:
     """What the settings left at 0 (automatic) become, by where the model runs."""
@@ -390,6 +396,11 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def negated_flag(self) -> str:
+        """--no-name, which turns a boolean setting off."""
+        return "--no-" + self.name.replace("_", "-")
+
+    @property
     def env(self) -> str:
         return "FACEDET_" + self.name.upper()
 
@@ -420,7 +431,7 @@ def _settings() -> tuple[Setting, ...]:
                 default=f.default_factory() if callable(f.default_factory) else f.default,
                 help=declared.help,
                 group=declared.group,
-                parse=str if repeatable else _PARSERS[kind],
+                parse=str if repeatable else _choice if declared.choices else _PARSERS[kind],
                 repeatable=repeatable,
                 choices=declared.choices,
                 bounds=declared.bounds,
@@ -433,8 +444,16 @@ SETTINGS: tuple[Setting, ...] = _settings()
 
 
 def shown_default(setting: Setting) -> str:
-    """The default as --help and the README show it: a list comma-separated."""
-    return ", ".join(setting.default) if setting.repeatable else str(setting.default)
+    """The default as --help and the README show it: a list comma-separated, a boolean as its
+    environment twin reads it, and "(none)" for an empty one."""
+    default = setting.default
+    if setting.repeatable:
+        shown = ", ".join(default)
+    elif isinstance(default, bool):
+        shown = str(default).lower()
+    else:
+        shown = "" if default is None else str(default)
+    return shown or "(none)"
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
@@ -451,6 +470,27 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         if s.repeatable:
             group.add_argument(s.flag, dest=s.name, action="append", default=None, help=help_text)
             parser.set_defaults(**{f"_{s.name}_default": default})
+        elif s.parse is _bool:
+            # A switch: --name turns it on, --no-name off; --name true/false is read as the
+            # environment twin is (the supervisor passes --reuse-port true to its children).
+            help_text = f"{s.help} [env {s.env}; default {shown_default(s)}; {s.negated_flag} turns it off]"
+            group.add_argument(
+                s.flag,
+                dest=s.name,
+                type=_bool,
+                nargs="?",
+                const=True,
+                default=default,
+                metavar="true|false",
+                help=help_text,
+            )
+            group.add_argument(
+                s.negated_flag,
+                dest=s.name,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
         else:
             group.add_argument(
                 s.flag, dest=s.name, type=s.parse, default=default, choices=s.choices, help=help_text
@@ -468,8 +508,10 @@ def settings_table() -> str:
 
 
 def _table_row(s: Setting) -> str:
-    default = f"`{shown_default(s)}`" if shown_default(s) else "(none)"
-    return f"| `{s.flag}` | `{s.env}` | {default} | {s.help} |"
+    default = shown_default(s)
+    shown = default if default == "(none)" else f"`{default}`"
+    flags = f"`{s.flag}`, `{s.negated_flag}`" if s.parse is _bool else f"`{s.flag}`"
+    return f"| {flags} | `{s.env}` | {shown} | {s.help} |"
 
 
 @dataclass(frozen=True)
@@ -501,6 +543,12 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig(**values)
     validate(config)
     return config
+
+
+def non_default(config: ServerConfig) -> dict[str, Any]:
+    """The settings `config` gives other values than their defaults, by name: what sets this
+    server apart, for its start-up log line."""
+    return {s.name: getattr(config, s.name) for s in SETTINGS if getattr(config, s.name) != s.default}
 
 
 def validate(config: ServerConfig) -> None:

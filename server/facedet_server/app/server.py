@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facedet_server import __version__
-from facedet_server.app.config import ServerConfig, listen_addresses, resolve_automatic
+from facedet_server.app.config import ServerConfig, listen_addresses, non_default, resolve_automatic
 from facedet_server.app.memory import trim_periodically
 from facedet_server.faces.options import Options
 from facedet_server.model.files import resolve_model
@@ -138,6 +138,7 @@ async def serve(config: ServerConfig) -> None:
     opens_early = not config.reuse_port
     if opens_early:
         await _open_ports(server, config)
+    log.info("settings", version=__version__, non_default=non_default(config))
 
     stop = asyncio.Event()
     aborted = threading.Event()  # the same signal, for a loading thread that blocks in a wait
@@ -185,7 +186,7 @@ async def serve(config: ServerConfig) -> None:
     await health_servicer.set_all(SERVING)
     if not opens_early:
         await _open_ports(server, config)
-    log.info("serving")
+    log.info("serving", addresses=listen_addresses(config))
 
     background = []
     if config.summary_interval > 0:
@@ -232,7 +233,7 @@ async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
         if port == 0 and not address.startswith("unix:"):
             raise StartupError(f"cannot listen on {address}")
     await server.start()
-    log.info("listening", addresses=addresses, version=__version__, config=config.__dict__)
+    log.info("listening", addresses=addresses)
 
 
 async def _shut_down(

@@ -4,6 +4,8 @@ Lookup order for `facedet models pull NAME` and for serving without --model:
 1. $FACEDET_MODEL_DIR/<file> (an offline mirror, e.g. ../shared/models), verified by sha256;
 2. the cache, $FACEDET_HOME/models/<file> (default ~/.cache/facedet/models), verified by sha256;
 3. download from the pinned URL into the cache, verified by sha256 before it is kept.
+`facedet models pull` also copies a mirror's file into the cache, so that later commands find it
+without $FACEDET_MODEL_DIR (`make serve` sets that variable; a shell of the user's does not).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ REGISTRY: dict[str, ModelFile] = {
     ),
 }
 DEFAULT_MODEL = "yolov5n-0.5"
+
+log = structlog.get_logger("facedet.model")
 
 
 class ModelFileError(Exception):
@@ -94,17 +100,25 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def pull(name: str, home: Path | None = None, mirror: Path | None = None, url: str | None = None) -> Path:
-    """Path to a verified local copy of a registry model, fetching it if needed."""
+def pull(
+    name: str,
+    home: Path | None = None,
+    mirror: Path | None = None,
+    url: str | None = None,
+    cache_mirror: bool = True,
+) -> Path:
+    """Path to a verified local copy of a registry model, fetching it if needed. A file found
+    in the mirror is copied into the cache and the cache's copy returned (the mirror's where the
+    cache cannot be written), unless `cache_mirror` is false."""
     if name not in REGISTRY:
         raise ModelFileError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
     entry = REGISTRY[name]
+    cached = cache_path(entry, home)
     mirror_dir = mirror if mirror is not None else os.environ.get("FACEDET_MODEL_DIR")
     if mirror_dir:
         candidate = Path(mirror_dir) / entry.filename
         if _verified(candidate, entry):
-            return candidate
-    cached = cache_path(entry, home)
+            return _copied(candidate, cached, entry) if cache_mirror else candidate
     if _verified(cached, entry):
         return cached
     source = url or entry.url
@@ -118,6 +132,17 @@ def pull(name: str, home: Path | None = None, mirror: Path | None = None, url: s
         ) from None
 
 
+def _copied(source: Path, dest: Path, entry: ModelFile) -> Path:
+    """`dest` as a verified copy of the verified `source` (made atomically, replacing a bad
+    one), or `source` itself where `dest` cannot be written (a read-only home)."""
+    if dest.is_file() and sha256_of(dest) == entry.sha256:
+        return dest
+    try:
+        return download(source.resolve().as_uri(), dest, entry.sha256)
+    except OSError:
+        return source
+
+
 def exported_path(source: Path, sha256: str, home: Path | None = None) -> Path:
     """Where `facedet models pull --export` keeps our dynamic-shape export of an upstream file."""
     return (home or facedet_home()) / "models" / "exported" / f"{Path(source).stem}-{sha256[:16]}.onnx"
@@ -126,14 +151,50 @@ def exported_path(source: Path, sha256: str, home: Path | None = None) -> Path:
 def resolve_model(model: str | None, home: Path | None = None) -> Path:
     """--model / FACEDET_MODEL: a path to a file, or a registry name to pull; default yolov5n-0.5.
 
-    For a registry name, our export of it (dynamic batch and shape: real batching and the
-    rectangular letterbox) is used once `facedet models pull NAME --export` has made it."""
+    A file path is served as it is. A registry name is served in the fastest form at hand: our
+    export of it (decoding in the graph) once `facedet models pull NAME --export` has made it,
+    else the upstream file made dynamic (any batch, the rectangular letterbox) with the onnx
+    package, made once into the cache; the frozen file only where neither can be had, with the
+    reason logged."""
     value = model or os.environ.get("FACEDET_MODEL") or DEFAULT_MODEL
     if value in REGISTRY:
-        source = pull(value, home=home)
-        exported = exported_path(source, REGISTRY[value].sha256, home)
-        return exported if exported.is_file() else source
+        source = pull(value, home=home, cache_mirror=False)  # serving leaves the cache as it is
+        sha = REGISTRY[value].sha256
+        exported = exported_path(source, sha, home)
+        return exported if exported.is_file() else dynamic_model(source, sha, home)
     path = Path(value).expanduser()
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist (known names: {', '.join(sorted(REGISTRY))})")
     return path
+
+
+def dynamic_path(source: Path, sha256: str, home: Path | None = None) -> Path:
+    return (home or facedet_home()) / "models" / "dynamic" / f"{source.stem}-{sha256[:12]}-dynamic.onnx"
+
+
+def dynamic_model(source: Path, sha256: str, home: Path | None = None) -> Path:
+    """The dynamic rewrite of a frozen upstream file (see `dynamic_upstream`), made on first
+    use; `source` itself where the rewrite is unavailable, saying why."""
+    from facedet_server.model.spec import BUILTIN_SPECS
+
+    spec = BUILTIN_SPECS.get(sha256)
+    if spec is None:
+        return source
+    target = dynamic_path(source, sha256, home)
+    try:
+        from facedet_server.model import dynamic_upstream
+
+        if not dynamic_upstream.is_current(target, sha256):
+            dynamic_upstream.make_dynamic(source, target, spec)
+            log.info("model_made_dynamic", source=str(source), path=str(target))
+    except ImportError as exc:
+        log.warning(
+            "model_fixed_shape",
+            reason=f"the onnx package is missing ({exc.name}), so {source.name} runs at batch 1, "
+            f"{spec.input_width}x{spec.input_height}: pip install onnx",
+        )
+        return source
+    except (OSError, ValueError) as exc:  # a read-only cache, or a graph the rewrite refuses
+        log.warning("model_fixed_shape", reason=f"{source.name} could not be made dynamic: {exc}")
+        return source
+    return target
