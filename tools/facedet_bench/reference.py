@@ -19,12 +19,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,14 @@ def run_reference(model: Path, data: bytes, threads: int, warmup: float, duratio
 
 
 @contextlib.contextmanager
-def default_server(timeout: float = 180.0) -> Iterator[tuple[str, int]]:
-    """`facedet serve` with no flags but its address: what a user gets out of the box."""
+def default_server(extra: Sequence[str] = (), timeout: float = 180.0) -> Iterator[tuple[str, int]]:
+    """`facedet serve` with no flags but its address (and `extra`, to compare other layouts):
+    what a user gets out of the box."""
     from facedet.client import FaceDetectorClient, FaceDetectorError
 
     target = f"127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "facedet.cli", "serve", "--listen", target, "--summary-interval", "0"]
+    argv += extra
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -151,13 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference-threads", type=int, default=2, help="reference sessions, one thread each"
     )
+    parser.add_argument(
+        "--serve-args", default="", help="flags added to `facedet serve` (to measure other layouts)"
+    )
+    parser.add_argument(
+        "--skip-reference", action="store_true", help="measure only the server (for a series of layouts)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     data = args.image.read_bytes()
     model = args.model or resolve_model(None)
-    ref = run_reference(model, data, args.reference_threads, args.warmup, args.duration)
-    ref_single = run_reference(model, data, 1, args.warmup, args.duration)
-    with default_server() as (target, pid):
+    if args.skip_reference:
+        ref = ref_single = Measured(float("nan"), float("nan"), 0)
+    else:
+        ref = run_reference(model, data, args.reference_threads, args.warmup, args.duration)
+        ref_single = run_reference(model, data, 1, args.warmup, args.duration)
+    with default_server(shlex.split(args.serve_args)) as (target, pid):
         request = request_bytes(data)
         busy = Report.of(
             "grpc",
@@ -188,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         f"single-image p50 {ref_single.p50_ms:.2f} ms ({ref.faces} faces)"
     )
     print(
-        f"facedet serve (defaults) through gRPC: {busy.img_per_s:.1f} img/s at concurrency "
-        f"{args.concurrency}, single-client p50 {single.latency_ms['p50']:.2f} ms"
+        f"facedet serve ({args.serve_args or 'defaults'}) through gRPC: {busy.img_per_s:.1f} img/s at "
+        f"concurrency {args.concurrency}, single-client p50 {single.latency_ms['p50']:.2f} ms"
     )
     print(
         f"ratio: throughput {result['throughput_ratio']:.2f}x the reference, "

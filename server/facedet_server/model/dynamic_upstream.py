@@ -12,6 +12,7 @@ width that are multiples of 32, with the same weights and arithmetic. So a 16:9 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,26 @@ def make_dynamic(src: Path, dst: Path, spec: ModelSpec = UPSTREAM_YOLOV5N_05) ->
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    partial = dst.with_name(dst.name + ".partial")
+    # Several processes of one server may make it at once: each writes its own file, and the
+    # rename makes whichever lands last the one read.
+    partial = dst.with_name(f"{dst.name}.{os.getpid()}.partial")
     onnx.save(model, str(partial))
     partial.replace(dst)
     return result
+
+
+def is_current(path: Path, source_sha256: str) -> bool:
+    """True when `path` is this rewrite's output for the upstream file of that sha256."""
+    from facedet_server.model.onnx_metadata import read_spec
+
+    if not path.is_file():
+        return False
+    try:
+        spec = read_spec(path)
+    except Exception:  # a truncated or foreign file is simply made again
+        return False
+    return (
+        spec is not None
+        and spec.source_sha256 == source_sha256
+        and spec.extra.get("rewritten_by") == REWRITER
+    )
