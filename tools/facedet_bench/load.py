@@ -2,7 +2,9 @@
 
 Closed loop: each of N clients sends its next request as soon as its previous answer arrives, so
 the figures are the throughput at N requests outstanding and the latency each one sees. Answers
-that finish during the warm-up are not counted; the run stops by itself after warm-up + duration.
+that finish during the warm-up are not counted; the run stops by itself after warm-up + duration,
+or earlier when the server stops answering (`reachability`). Any failed request makes the
+command exit 1. On a terminal, a progress line on stderr shows the run as it goes (`progress`).
 
 Through gRPC, the clients run on asyncio in `--processes` worker processes, each with its own
 channel, sending one request serialized up front, so client CPU goes to gRPC itself. In-process,
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -28,10 +31,19 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    MutableSequence,
+    Sequence,
+)
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import grpc
 import numpy as np
@@ -40,14 +52,21 @@ from facedet.client.channel import DETECT_METHOD, STREAM_METHOD, channel_options
 from facedet.client.messages import code_name
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_server.app import config as server_config
+from facedet_server.model.files import ModelFileError
 from facedet_server.pipeline.base import TIMING_FIELDS, Timing
 from facedet_server.serving.service import DetectionService
+
+from facedet_bench import progress
+from facedet_bench.progress import Slot
+from facedet_bench.reachability import GIVE_UP_S, OTHER_ERROR_WAIT_S, Backoff, Reachability
 
 T = TypeVar("T")
 CLIENTS_PER_PROCESS = 32
 QUIET_ATTEMPTS = 3  # with --max-other-cpu, tries per wanted pair before keeping a noisy one
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
-ERROR_BACKOFF_S = 0.01  # keeps a failing closed loop (e.g. server gone) from spinning a core
+# With --rate and no --concurrency, the in-flight cap leaves each request this long (Little's
+# law: rate x latency in flight) before the offered rate is no longer held.
+OPEN_LOOP_LATENCY_S = 0.25
 
 
 # pb.Timing or the pipeline's Timing: the message's fields are the dataclass's, by name.
@@ -75,6 +94,19 @@ class Load:
     def in_flight(self) -> int:
         return self.concurrency * (self.window if self.stream else 1)
 
+    @property
+    def label(self) -> str:
+        """Which run this is, for the progress line."""
+        if self.rate > 0:
+            return f"open loop {self.rate:g} img/s"
+        return f"concurrency {self.concurrency}" + (f"x{self.window}" if self.stream else "")
+
+
+def open_loop_in_flight(rate: float) -> int:
+    """The in-flight cap for `--rate R` without --concurrency: room for R x OPEN_LOOP_LATENCY_S
+    requests, and never less than one client process's worth."""
+    return max(CLIENTS_PER_PROCESS, math.ceil(rate * OPEN_LOOP_LATENCY_S))
+
 
 @dataclass(frozen=True)
 class Window:
@@ -91,6 +123,10 @@ class Window:
     def counts(self, finished: float) -> bool:
         return self.start <= finished <= self.end
 
+    def measured_s(self, now: float) -> float:
+        """How much of the window has passed at `now`."""
+        return min(max(now - self.start, 0.0), self.end - self.start)
+
 
 @dataclass
 class Samples:
@@ -100,6 +136,9 @@ class Samples:
     timing_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_FIELDS, 0.0))
     errors: Counter[str] = field(default_factory=Counter)
     cpu_s: dict[str, float] = field(default_factory=dict)  # "client", "server" or "process"
+    delayed: int = 0  # open loop: requests sent late because the in-flight cap was reached
+    measured_s: float | None = None  # of the window, once the load is over (less if it ended early)
+    ended_early: str = ""  # why it did, if it did
 
     def add(self, latency_s: float, timing: TimingLike) -> None:
         self.latencies_s.append(latency_s)
@@ -113,6 +152,22 @@ class Samples:
         self.errors.update(other.errors)
         for name, seconds in other.cpu_s.items():
             self.cpu_s[name] = self.cpu_s.get(name, 0.0) + seconds
+        self.delayed += other.delayed
+        # Worker processes stop on their own when the server goes: the run lasted as long as
+        # the longest of them.
+        if other.measured_s is not None:
+            self.measured_s = max(self.measured_s or 0.0, other.measured_s)
+        self.ended_early = self.ended_early or other.ended_early
+
+    def publish(self, slot: Slot, window: Window) -> None:
+        slot.publish(len(self.latencies_s), sum(self.errors.values()), window.measured_s(time.perf_counter()))
+
+    def finish(self, window: Window, reachability: Reachability | None = None) -> None:
+        """The load is over: note how much of the window it covered, and why it stopped early."""
+        stopped_at = reachability.stopped_at if reachability is not None else None
+        self.measured_s = window.measured_s(window.end if stopped_at is None else stopped_at)
+        if stopped_at is not None and reachability is not None:
+            self.ended_early = reachability.reason
 
 
 def _process_cpu_s(pid: int) -> float | None:
@@ -138,7 +193,8 @@ async def _measure_cpu(
     window: Window, samples: Samples, own: str, server_pid: int | None, whole_machine: bool
 ) -> None:
     """CPU used during the window by this process (all threads), the server if its pid is known,
-    and the whole machine: what is left is other people's load, which skews a run on a shared box."""
+    and the whole machine: what is left is other people's load, which skews a run on a shared box.
+    Cancelled (a run ended early), it keeps what it measured so far."""
     readers: dict[str, Callable[[], float | None]] = {own: time.process_time}
     if server_pid:
         readers["server"] = lambda: _process_cpu_s(server_pid)
@@ -146,11 +202,55 @@ async def _measure_cpu(
         readers["machine"] = _machine_busy_s
     await asyncio.sleep(max(window.start - time.perf_counter(), 0))
     started = {name: read() for name, read in readers.items()}
-    await asyncio.sleep(max(window.end - time.perf_counter(), 0))
-    for name, read in readers.items():
-        before, after = started[name], read()
-        if before is not None and after is not None:
-            samples.cpu_s[name] = samples.cpu_s.get(name, 0.0) + after - before
+    try:
+        await asyncio.sleep(max(window.end - time.perf_counter(), 0))
+    finally:
+        for name, read in readers.items():
+            before, after = started[name], read()
+            if before is not None and after is not None:
+                samples.cpu_s[name] = samples.cpu_s.get(name, 0.0) + after - before
+
+
+@contextlib.asynccontextmanager
+async def _published(slot: Slot | None, window: Window, samples: Samples) -> AsyncIterator[None]:
+    """While inside, keep this generator's counts in its progress slot (if it has one)."""
+
+    async def keep() -> None:
+        assert slot is not None
+        try:
+            while True:
+                samples.publish(slot, window)
+                await asyncio.sleep(progress.INTERVAL_S)
+        finally:
+            samples.publish(slot, window)
+
+    task = None if slot is None else asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _until_stopped(work: Sequence[Coroutine[Any, Any, None]], stopped: asyncio.Event) -> None:
+    """Run `work` to its end, or cancel it once `stopped` is set (the server went away: calls
+    still waiting on it would hold the run up for nothing)."""
+    together = asyncio.gather(*work)
+    stop = asyncio.ensure_future(stopped.wait())
+    either: list[asyncio.Future[Any]] = [together, stop]
+    cut_short = False
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not together.done():
+            cut_short = together.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await together
+    if not cut_short:
+        together.result()  # a client's own exception
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,17 +265,31 @@ def _record_response(data: bytes, started: float, finished: float, samples: Samp
         samples.add(finished - started, response.timing)
 
 
+def _record_failure(exc: grpc.aio.AioRpcError, window: Window, samples: Samples, backoff: Backoff) -> float:
+    """Count a failed call; returns how long to wait before the next."""
+    now = time.perf_counter()
+    status = exc.code().name
+    if window.counts(now):
+        samples.errors[status] += 1
+    return backoff.failed(status, now)
+
+
 async def _unary_client(
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], request: bytes, window: Window, samples: Samples
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    request: bytes,
+    window: Window,
+    samples: Samples,
+    reachability: Reachability,
 ) -> None:
+    backoff = Backoff(reachability)
     while (started := time.perf_counter()) < window.end:
         try:
             data = await call(request)
         except grpc.aio.AioRpcError as exc:
-            if window.counts(time.perf_counter()):
-                samples.errors[exc.code().name] += 1
-            await asyncio.sleep(ERROR_BACKOFF_S)
+            wait = _record_failure(exc, window, samples, backoff)
+            await asyncio.sleep(min(wait, max(window.end - time.perf_counter(), 0)))
             continue
+        backoff.answered()
         finished = time.perf_counter()
         if window.counts(finished):
             _record_response(data, started, finished, samples)
@@ -187,39 +301,60 @@ async def _open_loop_client(
     load: Load,
     window: Window,
     samples: Samples,
+    reachability: Reachability,
 ) -> None:
     """Offer `load.rate` requests per second on a fixed schedule, whatever the answers do.
     Latency counts from each request's scheduled time, so a server that falls behind shows it
-    (no coordinated omission); at most `load.concurrency` are in flight."""
+    (no coordinated omission); at most `load.concurrency` are in flight, and a request that has
+    to wait for one to finish is counted as delayed. After UNAVAILABLE the schedule pauses for
+    the backoff and resumes from then (the requests it skipped are not offered)."""
     slots = asyncio.Semaphore(load.concurrency)
     tasks: set[asyncio.Task[None]] = set()
+    backoff = Backoff(reachability)
+    paused_until = 0.0
 
     async def one(scheduled: float) -> None:
+        nonlocal paused_until
         try:
             data = await call(request)
         except grpc.aio.AioRpcError as exc:
-            if window.counts(time.perf_counter()):
-                samples.errors[exc.code().name] += 1
+            wait = _record_failure(exc, window, samples, backoff)
+            if backoff.failures:
+                paused_until = max(paused_until, time.perf_counter() + wait)
             return
         finally:
             slots.release()
+        backoff.answered()
         finished = time.perf_counter()
         if window.counts(finished):
             _record_response(data, scheduled, finished, samples)
 
     start = time.perf_counter()
     k = 0
-    while (scheduled := start + k / load.rate) < window.end:
-        k += 1
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await slots.acquire()
-        task = asyncio.create_task(one(scheduled))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        while (scheduled := start + k / load.rate) < window.end:
+            k += 1
+            if scheduled < paused_until:
+                await asyncio.sleep(paused_until - time.perf_counter())
+                start, k = time.perf_counter(), 0
+                continue
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slots.locked() and window.counts(time.perf_counter()):
+                samples.delayed += 1  # (by its send time: behind schedule, `scheduled` may be long past)
+            await slots.acquire()
+            if time.perf_counter() >= window.end:  # held up past the end: its answer would not count
+                slots.release()
+                break
+            task = asyncio.create_task(one(scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:  # cancelled: the run ended early
+            task.cancel()
 
 
 async def _stream_client(
@@ -228,6 +363,25 @@ async def _stream_client(
     depth: int,
     window: Window,
     samples: Samples,
+    reachability: Reachability,
+) -> None:
+    """One client: a stream at a time, opened again (after the backoff) when one fails."""
+    backoff = Backoff(reachability)
+    while time.perf_counter() < window.end:
+        try:
+            return await _one_stream(method, request, depth, window, samples, backoff)
+        except grpc.aio.AioRpcError as exc:
+            wait = _record_failure(exc, window, samples, backoff)
+            await asyncio.sleep(min(wait, max(window.end - time.perf_counter(), 0)))
+
+
+async def _one_stream(
+    method: grpc.aio.StreamStreamMultiCallable[bytes, bytes],
+    request: bytes,
+    depth: int,
+    window: Window,
+    samples: Samples,
+    backoff: Backoff,
 ) -> None:
     """One stream keeping `depth` frames in flight: a frame goes out as soon as one comes back."""
     call = method(None)  # requests are written with call.write, closed-loop
@@ -247,15 +401,15 @@ async def _stream_client(
     try:
         while (data := await call.read()) is not _EOF:
             finished = time.perf_counter()
+            backoff.answered()
             started = sent.popleft()
             slots.release()
             if window.counts(finished):
                 assert isinstance(data, bytes)
                 _record_response(data, started, finished, samples)
-    except grpc.aio.AioRpcError as exc:
-        samples.errors[exc.code().name] += 1
     finally:
         sender.cancel()
+        call.cancel()  # no-op once the stream is over; ends it when the run stops early
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await sender
 
@@ -267,9 +421,11 @@ async def grpc_load(
     server_pid: int | None = None,
     barrier: Any = None,
     first: bool = True,
+    live: Slot | None = None,
 ) -> Samples:
     """Run `load` against `target` from this process; `barrier` lines up worker processes so
-    their measured windows coincide. Only the `first` process measures the machine's CPU."""
+    their measured windows coincide. Only the `first` process measures the machine's CPU.
+    `live`: where to keep the running counts for the progress line."""
     channel = grpc.aio.insecure_channel(target, options=channel_options(target=target))
     try:
         await asyncio.wait_for(channel.channel_ready(), 30)
@@ -277,20 +433,27 @@ async def grpc_load(
             await asyncio.to_thread(barrier.wait)
         window = Window.after_warmup(load)
         samples = Samples()
+        reachability = Reachability()
         clients: list[Coroutine[Any, Any, None]]
         # No serializers: the request is serialized once and responses parsed only when counted.
         if load.stream:
             stream = channel.stream_stream(STREAM_METHOD, None, None)
             clients = [
-                _stream_client(stream, request, load.window, window, samples) for _ in range(load.concurrency)
+                _stream_client(stream, request, load.window, window, samples, reachability)
+                for _ in range(load.concurrency)
             ]
         elif load.rate > 0:
             unary = channel.unary_unary(DETECT_METHOD, None, None)
-            clients = [_open_loop_client(unary, request, load, window, samples)]
+            clients = [_open_loop_client(unary, request, load, window, samples, reachability)]
         else:
             unary = channel.unary_unary(DETECT_METHOD, None, None)
-            clients = [_unary_client(unary, request, window, samples) for _ in range(load.concurrency)]
-        await asyncio.gather(_measure_cpu(window, samples, "client", server_pid, first), *clients)
+            clients = [
+                _unary_client(unary, request, window, samples, reachability) for _ in range(load.concurrency)
+            ]
+        async with _published(live, window, samples):
+            cpu = _measure_cpu(window, samples, "client", server_pid, first)
+            await _until_stopped([cpu, *clients], reachability.stopped)
+        samples.finish(window, reachability)
         return samples
     finally:
         await channel.close(None)
@@ -303,20 +466,35 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def _worker_main(
-    target: str, request: bytes, load: Load, server_pid: int | None, barrier: Any, first: bool, results: Any
+    target: str,
+    request: bytes,
+    load: Load,
+    server_pid: int | None,
+    barrier: Any,
+    first: bool,
+    results: Any,
+    live: Slot | None,
 ) -> None:
     try:
-        results.put(run_loop(grpc_load(target, request, load, server_pid, barrier, first)))
+        results.put(run_loop(grpc_load(target, request, load, server_pid, barrier, first, live)))
     except BaseException as exc:
         barrier.abort()
         results.put(RuntimeError(f"bench worker failed: {exc!r}"))
 
 
 async def grpc_run(
-    target: str, request: bytes, load: Load, processes: int, server_pid: int | None
+    target: str,
+    request: bytes,
+    load: Load,
+    processes: int,
+    server_pid: int | None,
+    live: MutableSequence[float] | None = None,
 ) -> Samples:
+    """`load` from `processes` processes; `live`: the progress slots, one per process."""
     if processes <= 1:
-        return await grpc_load(target, request, load, server_pid)
+        return await grpc_load(
+            target, request, load, server_pid, live=None if live is None else Slot(live, 0)
+        )
     # spawn, not fork: the parent may hold ONNX Runtime and gRPC threads, which fork does not copy.
     context = multiprocessing.get_context("spawn")
     shares = split(load.concurrency, processes)
@@ -333,6 +511,7 @@ async def grpc_run(
                 barrier,
                 i == 0,
                 results,
+                None if live is None else Slot(live, i),
             ),
             daemon=True,
         )
@@ -371,20 +550,24 @@ async def _service_client(
         except DetectError as exc:
             if window.counts(time.perf_counter()):
                 samples.errors[exc.code.value] += 1
-            await asyncio.sleep(ERROR_BACKOFF_S)
+            await asyncio.sleep(OTHER_ERROR_WAIT_S)
             continue
         finished = time.perf_counter()
         if window.counts(finished):
             samples.add(finished - started, detection.timing)
 
 
-async def in_process_load(service: DetectionService[Any], data: bytes, load: Load) -> Samples:
+async def in_process_load(
+    service: DetectionService[Any], data: bytes, load: Load, live: MutableSequence[float] | None = None
+) -> Samples:
     """The same number of requests in flight as through gRPC (a stream's window counts as that
-    many clients: in-process there is no stream, only the pipeline)."""
+    many clients: in-process there is no stream, only the pipeline). `live`: the progress slot."""
     window = Window.after_warmup(load)
     samples = Samples()
     clients = [_service_client(service, data, window, samples) for _ in range(load.in_flight)]
-    await asyncio.gather(_measure_cpu(window, samples, "process", None, True), *clients)
+    async with _published(None if live is None else Slot(live, 0), window, samples):
+        await asyncio.gather(_measure_cpu(window, samples, "process", None, True), *clients)
+    samples.finish(window)
     return samples
 
 
@@ -483,6 +666,11 @@ class Report:
     # None where unknown (not Linux, or a --server whose process we cannot see).
     machine_cpu_pct: float | None = None
     other_cpu_pct: float | None = None
+    # Open loop: the rate offered, and how many requests waited for the in-flight cap (which
+    # means the rate was not held).
+    offered_img_per_s: float | None = None
+    delayed_by_in_flight_cap: int = 0
+    ended_early: str = ""  # why the run stopped before its duration (then duration_s is less)
 
     @classmethod
     def of(cls, mode: str, load: Load, processes: int, samples: Samples) -> Report:
@@ -502,7 +690,8 @@ class Report:
             for name in TIMING_FIELDS
         }
         cpu = dict(samples.cpu_s)
-        capacity = (os.cpu_count() or 1) * load.duration
+        duration = load.duration if samples.measured_s is None else samples.measured_s
+        capacity = (os.cpu_count() or 1) * duration
         busy = cpu.pop("machine", None)
         ours_known = "process" in cpu or "server" in cpu
         return cls(
@@ -510,19 +699,22 @@ class Report:
             concurrency=load.concurrency,
             window=load.window if load.stream else 1,
             processes=processes,
-            duration_s=load.duration,
+            duration_s=round(duration, 3),
             requests=n,
             errors=dict(samples.errors),
-            img_per_s=n / load.duration,
+            img_per_s=n / duration if duration > 0 else 0.0,
             latency_ms={k: round(v, 3) for k, v in latency.items()},
             server_ms={k: round(v, 3) for k, v in server.items()},
             cpu_ms_per_img={k: round(v * 1000 / max(n, 1), 3) for k, v in sorted(cpu.items())},
-            machine_cpu_pct=None if busy is None else round(100 * busy / capacity, 1),
+            machine_cpu_pct=None if busy is None or capacity <= 0 else round(100 * busy / capacity, 1),
             other_cpu_pct=(
                 round(100 * max(busy - sum(cpu.values()), 0) / capacity, 1)
-                if busy is not None and ours_known
+                if busy is not None and ours_known and capacity > 0
                 else None
             ),
+            offered_img_per_s=load.rate or None,
+            delayed_by_in_flight_cap=samples.delayed,
+            ended_early=samples.ended_early,
         )
 
     def lines(self) -> list[str]:
@@ -542,6 +734,15 @@ class Report:
             f"  outside the server's total (transport, client): {lat['mean'] - srv['total']:.2f} ms mean",
             f"  CPU ms/img   {cpu}",
         ]
+        if self.delayed_by_in_flight_cap:
+            lines.insert(
+                2,
+                f"  offered {self.offered_img_per_s:g} img/s, achieved {self.img_per_s:.1f}; "
+                f"{self.delayed_by_in_flight_cap} requests were delayed by the in-flight cap "
+                f"({self.concurrency}; raise it with --concurrency)",
+            )
+        if self.ended_early:
+            lines.insert(1, f"  ended early, after {self.duration_s:g} s: {self.ended_early}")
         if self.machine_cpu_pct is not None:
             others = (
                 "" if self.other_cpu_pct is None else f", of which other processes {self.other_cpu_pct:.0f}%"
@@ -642,7 +843,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Closed-loop benchmark: N clients each send the next request as soon as the last "
         "is answered, for a warm-up and then --duration seconds. Prints img/s, latency p50/p90/p99/"
         "max and the server's mean per-stage time. --in-process runs the server's pipeline without "
-        "gRPC; --compare runs both (starting a server unless --server is given) and prints the ratio.",
+        "gRPC; --compare runs both (starting a server unless --server is given) and prints the ratio. "
+        "Exits 1 when any request failed; a server unreachable for "
+        f"{GIVE_UP_S:g} s ends the run early. On a terminal, stderr shows the run's progress.",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--in-process", action="store_true", help="call the pipeline directly, no gRPC")
@@ -659,9 +862,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "--concurrency",
         type=_int_list,
-        default=[1],
         metavar="N[,N...]",
-        help="clients (streams with --stream); several values run one after another",
+        help="clients (streams with --stream; default 1), or with --rate the most requests in flight "
+        f"(default max({CLIENTS_PER_PROCESS}, R x {OPEN_LOOP_LATENCY_S:g} s)); "
+        "several values run one after another",
     )
     parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, metavar="S", help="unmeasured seconds before")
@@ -775,23 +979,25 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    loads = [
-        Load(c, args.warmup, args.duration, args.stream, args.window, args.rate) for c in args.concurrency
-    ]
+    concurrencies = args.concurrency or [open_loop_in_flight(args.rate) if args.rate else 1]
+    loads = [Load(c, args.warmup, args.duration, args.stream, args.window, args.rate) for c in concurrencies]
+    shown = progress.stream_for_progress()
     try:
         if args.in_process:
-            reports = run_loop(_in_process(config, data, loads))
-            return _print({"machine": machine(), "runs": reports}, reports, args.json)
+            reports = run_loop(_in_process(config, data, loads, shown))
+            _print({"machine": machine(), "runs": reports}, reports, args.json)
+            return verdict(reports)
         if args.compare and not args.server:
             with spawned_server(config) as (target, pid):
-                return _compare(args, config, data, loads, target, pid)
+                return _compare(args, config, data, loads, target, pid, shown)
         target = args.server or os.environ.get("FACEDET_SERVER", "localhost:50051")
         check_server(target)
         if args.compare:
-            return _compare(args, config, data, loads, target, None)
-        reports = run_loop(_through_grpc(target, data, loads, args.processes, None))
-        return _print({"machine": machine(), "server": target, "runs": reports}, reports, args.json)
-    except (RuntimeError, FaceDetectorError, grpc.RpcError, TimeoutError) as exc:
+            return _compare(args, config, data, loads, target, None, shown)
+        reports = run_loop(_through_grpc(target, data, loads, args.processes, None, shown))
+        _print({"machine": machine(), "server": target, "runs": reports}, reports, args.json)
+        return verdict(reports)
+    except (RuntimeError, FaceDetectorError, grpc.RpcError, TimeoutError, ModelFileError) as exc:
         print(f"facedet bench: {exc}", file=sys.stderr)
         return 1
 
@@ -803,9 +1009,12 @@ def _compare(
     loads: Sequence[Load],
     target: str,
     pid: int | None,
+    shown: TextIO | None,
 ) -> int:
     local, remote, discarded = run_loop(
-        _interleaved_pairs(config, data, loads, target, pid, args.processes, args.repeat, args.max_other_cpu)
+        _interleaved_pairs(
+            config, data, loads, target, pid, args.processes, args.repeat, args.max_other_cpu, shown
+        )
     )
     rows = comparison(local, remote)
     result = {
@@ -817,7 +1026,7 @@ def _compare(
         "discarded_as_noisy": discarded,
     }
     in_run_order = [report for pair in zip(local, remote, strict=True) for report in pair]
-    status = _print(result, in_run_order, args.json)
+    _print(result, in_run_order, args.json)
     if not args.json:
         if discarded:
             print(
@@ -825,7 +1034,7 @@ def _compare(
                 f"{args.max_other_cpu}% of the CPU)"
             )
         print("\n".join(["", *comparison_lines(rows)]))
-    return status
+    return verdict(in_run_order)
 
 
 async def _interleaved_pairs(
@@ -837,9 +1046,11 @@ async def _interleaved_pairs(
     processes: int,
     repeat: int,
     max_other_cpu: float | None,
+    shown: TextIO | None = None,
 ) -> tuple[list[Report], list[Report], list[Report]]:
     """`repeat` (in-process, gRPC) pairs per load, back to back so a drift in the machine's speed
     hits both sides alike; pairs disturbed by other processes are re-run while attempts remain.
+    Stops after a gRPC run that ended early (the server went away).
     Returns the in-process reports, the gRPC reports and the discarded ones."""
     local: list[Report] = []
     remote: list[Report] = []
@@ -850,9 +1061,13 @@ async def _interleaved_pairs(
             attempts = repeat * QUIET_ATTEMPTS
             for attempt in range(attempts):
                 pair = [
-                    *await _in_process_with(service, data, [load]),
-                    *await _through_grpc(target, data, [load], processes, pid),
+                    *await _in_process_with(service, data, [load], shown),
+                    *await _through_grpc(target, data, [load], processes, pid, shown),
                 ]
+                if pair[1].ended_early:
+                    local.append(pair[0])
+                    remote.append(pair[1])
+                    return local, remote, discarded
                 last_chance = repeat - kept >= attempts - attempt
                 if _noisy(pair, max_other_cpu) and not last_chance:
                     discarded += pair
@@ -873,15 +1088,47 @@ def _noisy(pair: Sequence[Report], max_other_cpu: float | None) -> bool:
     return any(r.other_cpu_pct is not None and r.other_cpu_pct > max_other_cpu for r in pair)
 
 
-async def _in_process(config: server_config.ServerConfig, data: bytes, loads: Sequence[Load]) -> list[Report]:
+async def _in_process(
+    config: server_config.ServerConfig, data: bytes, loads: Sequence[Load], shown: TextIO | None
+) -> list[Report]:
     async with started_service(config) as service:
-        return await _in_process_with(service, data, loads)
+        return await _in_process_with(service, data, loads, shown)
 
 
 async def _in_process_with(
-    service: DetectionService[Any], data: bytes, loads: Sequence[Load]
+    service: DetectionService[Any], data: bytes, loads: Sequence[Load], shown: TextIO | None = None
 ) -> list[Report]:
-    return [Report.of("in-process", load, 0, await in_process_load(service, data, load)) for load in loads]
+    reports = []
+    for load in loads:
+        samples = await _watched(
+            shown,
+            f"in-process {load.label}",
+            load,
+            1,
+            functools.partial(in_process_load, service, data, load),
+        )
+        reports.append(Report.of("in-process", load, 0, samples))
+    return reports
+
+
+async def _watched(
+    shown: TextIO | None,
+    label: str,
+    load: Load,
+    generators: int,
+    run: Callable[[MutableSequence[float] | None], Awaitable[Samples]],
+) -> Samples:
+    """`run(live)`, with the progress line on `shown` fed from `live` (no line when None)."""
+    if shown is None:
+        return await run(None)
+    live = progress.shared_values(generators)
+    line = asyncio.create_task(progress.show(shown, label, load.duration, live))
+    try:
+        return await run(live)
+    finally:
+        line.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await line
 
 
 def check_server(target: str) -> None:
@@ -892,19 +1139,34 @@ def check_server(target: str) -> None:
 
 
 async def _through_grpc(
-    target: str, data: bytes, loads: Sequence[Load], processes: int, pid: int | None
+    target: str,
+    data: bytes,
+    loads: Sequence[Load],
+    processes: int,
+    pid: int | None,
+    shown: TextIO | None = None,
 ) -> list[Report]:
+    """One report per load; after one that ended early (the server went away) the rest are not run."""
     request = pb.DetectFacesRequest(encoded=data).SerializeToString()
     reports = []
     for load in loads:
         count = processes or math.ceil(load.in_flight / CLIENTS_PER_PROCESS)
         count = len(split(load.concurrency, count))
-        samples = await grpc_run(target, request, load, count, pid)
-        reports.append(Report.of("grpc-stream" if load.stream else "grpc", load, count, samples))
+        mode = "grpc-stream" if load.stream else "grpc"
+        samples = await _watched(
+            shown,
+            f"{mode} {load.label}",
+            load,
+            count,
+            functools.partial(grpc_run, target, request, load, count, pid),
+        )
+        reports.append(Report.of(mode, load, count, samples))
+        if samples.ended_early:
+            break
     return reports
 
 
-def _print(result: dict[str, Any], reports: Sequence[Report], as_json: bool) -> int:
+def _print(result: dict[str, Any], reports: Sequence[Report], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, default=asdict, indent=2))
     else:
@@ -912,7 +1174,26 @@ def _print(result: dict[str, Any], reports: Sequence[Report], as_json: bool) -> 
         print(f"machine: {info['cpus']} CPUs, {info['cpu_model']}")
         for report in reports:
             print("\n".join(report.lines()))
+
+
+def verdict(reports: Sequence[Report]) -> int:
+    """The exit status, and on stderr why it is not 0: a run that ended early, and last the
+    requests that failed, by status."""
+    for report in reports:
+        if report.ended_early:
+            print(
+                f"facedet bench: {report.mode} concurrency {report.concurrency} ended early, after "
+                f"{report.duration_s:g} s: {report.ended_early}",
+                file=sys.stderr,
+            )
+    failed: Counter[str] = Counter()
+    for report in reports:
+        failed.update(report.errors)
+    if failed:
+        by_status = ", ".join(f"{name} {count}" for name, count in sorted(failed.items()))
+        print(f"facedet bench: {sum(failed.values())} requests failed: {by_status}", file=sys.stderr)
+        return 1
     if any(report.requests == 0 for report in reports):
         print("facedet bench: a run completed no requests; see the errors above", file=sys.stderr)
         return 1
-    return 0
+    return 1 if any(report.ended_early for report in reports) else 0
