@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,10 +22,17 @@ from facedet.client import (
     FaceDetectorError,
     Frame,
     ModelInfo,
+    NoAnswerError,
     Status,
     build_request,
 )
-from facedet.client.channel import channel_options, decode_health_response, encode_health_request
+from facedet.client.channel import (
+    channel_options,
+    decode_health_response,
+    encode_health_request,
+    with_default_port,
+)
+from facedet.client.image_files import JPEG_MAGIC, PNG_MAGIC
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_test_support import SHARED, ServerFactory, free_port
@@ -45,6 +56,15 @@ def server(module_server_factory: ServerFactory) -> tuple[str, str]:
 def client(server: tuple[str, str]) -> Iterator[FaceDetectorClient]:
     with FaceDetectorClient(server[0], timeout=30) as c:
         yield c
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """A loopback port that accepts connections (the kernel does) and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
 
 
 def read(path: Path, flags: int = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) -> np.ndarray:
@@ -82,7 +102,8 @@ def test_detect_path_bytes_and_arrays_give_the_same_faces(client: FaceDetectorCl
     from_str = client.detect(str(ZIDANE))
     from_bytes = client.detect(ZIDANE.read_bytes())
     bgr = read(ZIDANE)
-    from_bgr = client.detect(bgr, pixel_format="BGR")
+    from_bgr = client.detect(bgr, pixel_format="BGR8")
+    from_bgr_old_name = client.detect(bgr, pixel_format="BGR")
     from_rgb = client.detect(np.ascontiguousarray(bgr[:, :, ::-1]))  # RGB is the default
     from_rgb_view = client.detect(bgr[:, :, ::-1])  # non-contiguous views are fine too
 
@@ -94,6 +115,7 @@ def test_detect_path_bytes_and_arrays_give_the_same_faces(client: FaceDetectorCl
     assert_same_faces(from_path, from_bytes)
     # Raw pixels skip the server's JPEG decoder; OpenCV's may round a few pixels differently.
     assert_same_faces(from_path, from_bgr, pixels=2.0, confidence=0.02)
+    assert_same_faces(from_bgr, from_bgr_old_name)
     assert_same_faces(from_bgr, from_rgb)
     assert_same_faces(from_bgr, from_rgb_view)
     face = from_path.faces[0]
@@ -156,10 +178,17 @@ def test_local_input_errors() -> None:
         build_request(np.zeros((4, 4, 3), np.uint8), pixel_format="YUV")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         build_request(12345)  # type: ignore[arg-type]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FaceDetectorError, match="no such file"):
         build_request("/nonexistent/image.jpg")
+    with pytest.raises(ValueError, match="not GRAY8"):
+        build_request(np.zeros((4, 4, 3), np.uint8), pixel_format="GRAY8")
     raw = build_request(np.zeros((2, 3), np.uint8), frame_id=7).raw
     assert (raw.width, raw.height, raw.format, len(raw.data)) == (3, 2, pb.PIXEL_FORMAT_GRAY8, 6)
+    color = np.zeros((2, 3, 3), np.uint8)
+    assert build_request(color).raw.format == pb.PIXEL_FORMAT_RGB8  # the default, documented
+    assert build_request(color, pixel_format="RGB8").raw.format == pb.PIXEL_FORMAT_RGB8
+    assert build_request(color, pixel_format="BGR8").raw.format == pb.PIXEL_FORMAT_BGR8
+    assert build_request(color[:, :, 0], pixel_format="BGR8").raw.format == pb.PIXEL_FORMAT_GRAY8
 
 
 # --- streams ------------------------------------------------------------------------------------
@@ -168,7 +197,7 @@ def test_local_input_errors() -> None:
 def test_stream_of_60_frames_in_order(client: FaceDetectorClient) -> None:
     frames = video_frames(51)
     sixty = [frames[i % len(frames)] for i in range(60)]
-    results = list(client.stream(sixty, pixel_format="BGR"))
+    results = list(client.stream(sixty, pixel_format="BGR8"))
     assert [d.frame_id for d in results] == list(range(60))
     assert all(d.ok and len(d.faces) == 1 and d.image_width == 640 for d in results)
 
@@ -192,7 +221,7 @@ def test_stream_frame_errors_do_not_end_the_stream(client: FaceDetectorClient) -
 
 def test_stream_local_failure_raises_after_earlier_frames(client: FaceDetectorClient) -> None:
     received = []
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FaceDetectorError, match="no such file"):
         for detection in client.stream([ZIDANE, ZIDANE, "/nonexistent/frame.jpg", ZIDANE]):
             received.append(detection)
     assert [d.frame_id for d in received] == [0, 1]
@@ -230,7 +259,7 @@ def test_async_client(server: tuple[str, str]) -> None:
                 for frame in video_frames(12):
                     yield frame
 
-            streamed = [d async for d in c.stream(frames(), pixel_format="BGR")]
+            streamed = [d async for d in c.stream(frames(), pixel_format="BGR8")]
             assert [d.frame_id for d in streamed] == list(range(12))
             assert all(len(d.faces) == 1 for d in streamed)
             mixed = [d async for d in c.stream([ZIDANE, b"junk"])]  # a plain iterable works too
@@ -291,3 +320,155 @@ def test_a_target_listing_front_ends_gets_round_robin(target: str, balanced: boo
     # The caller's own choice still wins (gRPC takes the last value of a key).
     chosen = channel_options([("grpc.lb_policy_name", "pick_first")], target)
     assert chosen[-1] == ("grpc.lb_policy_name", "pick_first")
+
+
+# --- bad files, other formats -------------------------------------------------------------------
+
+
+def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (path, what the error message says about it)."""
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_bytes(b"not really a jpeg")
+    (folder / "truncated.bmp").write_bytes(b"BM" + b"\x00" * 40)
+    (folder / "a_folder.jpg").mkdir()
+    return {
+        "empty": (folder / "empty.jpg", "the file is empty (0 bytes)"),
+        "not an image": (folder / "text.jpg", "not an image (neither JPEG nor PNG)"),
+        "truncated BMP": (folder / "truncated.bmp", "BMP data is corrupt or truncated"),
+        "missing": (folder / "missing.jpg", "no such file"),
+        "folder": (folder / "a_folder.jpg", "is a folder"),
+    }
+
+
+def test_bad_files_fail_before_any_call_naming_the_file(tmp_path: Path) -> None:
+    # Nothing listens at this target: an error other than UNAVAILABLE was raised before a call.
+    with FaceDetectorClient(f"127.0.0.1:{free_port()}", timeout=5) as nowhere:
+        for name, (path, problem) in bad_files(tmp_path).items():
+            for image in (path, str(path)):
+                with pytest.raises(FaceDetectorError) as bad:
+                    nowhere.detect(image)
+                assert bad.value.code == "INVALID_ARGUMENT", name
+                assert bad.value.message.startswith(f"{path}: "), name
+                assert problem in bad.value.message, name
+
+
+def test_the_servers_invalid_argument_names_the_file(client: FaceDetectorClient, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(ZIDANE.read_bytes()[:5000])
+    with pytest.raises(FaceDetectorError) as bad:
+        client.detect(truncated)
+    assert bad.value.code == "INVALID_ARGUMENT"
+    assert bad.value.message.startswith(f"{truncated}: JPEG data is corrupt or truncated")
+    with pytest.raises(FaceDetectorError) as bad_bytes:  # bytes have no name to give
+        client.detect(truncated.read_bytes())
+    assert bad_bytes.value.message.startswith("JPEG data is corrupt")
+
+
+def test_async_client_bad_files(server: tuple[str, str], tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncFaceDetectorClient(server[0], timeout=30) as c:
+            for path, problem in bad_files(tmp_path).values():
+                with pytest.raises(FaceDetectorError, match=re.escape(problem)) as bad:
+                    await c.detect(path)
+                assert bad.value.code == "INVALID_ARGUMENT"
+
+    asyncio.run(main())
+
+
+def test_other_formats_are_reencoded_not_sent_as_pixels(client: FaceDetectorClient, tmp_path: Path) -> None:
+    original = read(ZIDANE)
+    # 3840x2160 BGR: 24.9 MB of pixels, over the server's 16 MiB message limit as raw pixels.
+    big = tmp_path / "big.bmp"
+    assert cv2.imwrite(str(big), cv2.resize(original, (3840, 2160)))
+    request = build_request(big)
+    assert request.WhichOneof("image") == "encoded" and request.encoded.startswith(JPEG_MAGIC)
+    assert len(request.encoded) < 16 * 1024 * 1024
+    found = client.detect(big)
+    assert (found.image_width, found.image_height) == (3840, 2160) and len(found.faces) == 2
+
+    # Small images go losslessly, as PNG: the server sees the very pixels.
+    for suffix in (".tiff", ".webp", ".bmp"):
+        path = tmp_path / f"zidane{suffix}"
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == ".webp" else []  # 101: lossless WebP
+        assert cv2.imwrite(str(path), original, params)
+        encoded = build_request(path).encoded
+        assert encoded.startswith(PNG_MAGIC), suffix
+        decoded = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+        assert decoded is not None and np.array_equal(decoded, original)
+        assert_same_faces(client.detect(path), client.detect(original, pixel_format="BGR8"))
+
+
+# --- targets and timeouts -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "dialled"),
+    [
+        ("localhost", "localhost:50051"),
+        ("127.0.0.1", "127.0.0.1:50051"),
+        ("[::1]", "[::1]:50051"),
+        ("::1", "[::1]:50051"),
+        ("dns:///facedet.internal", "dns:///facedet.internal:50051"),
+        ("dns:facedet", "dns:facedet:50051"),
+        ("localhost:50070", "localhost:50070"),
+        ("[::1]:50070", "[::1]:50070"),
+        ("dns:///facedet:443", "dns:///facedet:443"),
+        ("unix:///run/facedet.sock", "unix:///run/facedet.sock"),
+        ("unix:relative.sock", "unix:relative.sock"),
+        ("ipv4:127.0.0.1:50070,127.0.0.1:50071", "ipv4:127.0.0.1:50070,127.0.0.1:50071"),
+        ("unix:/a.sock,/b.sock", "unix:/a.sock,/b.sock"),
+    ],
+)
+def test_a_target_without_a_port_means_50051(target: str, dialled: str) -> None:
+    assert with_default_port(target) == dialled
+    with FaceDetectorClient(target) as c:
+        assert c.target == dialled
+
+
+def test_a_host_alone_reaches_port_50051_on_every_client() -> None:
+    async def main() -> str:
+        async with AsyncFaceDetectorClient("127.0.0.1") as c:
+            return c.target
+
+    assert asyncio.run(main()) == "127.0.0.1:50051"
+
+
+def test_a_silent_listener_gives_one_clear_timeout() -> None:
+    with silent_listener() as target:
+        with FaceDetectorClient(target, connect_timeout=0.5) as c:
+            started = time.monotonic()
+            with pytest.raises(NoAnswerError) as connect:
+                c.detect(ZIDANE)
+            assert time.monotonic() - started < 3
+            assert connect.value.code == "UNAVAILABLE"
+            assert connect.value.message == f"no FaceDetector answered at {target} within 0.5 s"
+            with pytest.raises(NoAnswerError, match=r"within 0\.5 s"):
+                list(c.stream([ZIDANE]))
+            with pytest.raises(NoAnswerError):
+                c.model_info()
+        # The call's own timeout, shorter, covers connecting too.
+        with FaceDetectorClient(target, timeout=0.3, connect_timeout=10) as c:
+            started = time.monotonic()
+            with pytest.raises(NoAnswerError) as whole:
+                c.detect(ZIDANE)
+            assert time.monotonic() - started < 3
+            assert whole.value.code == "DEADLINE_EXCEEDED"
+            assert whole.value.message == f"no FaceDetector answered at {target} within 0.3 s"
+
+        async def main() -> None:
+            async with AsyncFaceDetectorClient(target, connect_timeout=0.5) as c:
+                with pytest.raises(NoAnswerError, match=r"within 0\.5 s"):
+                    await c.detect(ZIDANE)
+                with pytest.raises(NoAnswerError, match=r"within 0\.5 s"):
+                    _ = [d async for d in c.stream([ZIDANE])]
+
+        asyncio.run(main())
+
+
+def test_a_refused_connection_still_fails_at_once() -> None:
+    with FaceDetectorClient(f"127.0.0.1:{free_port()}") as c:
+        started = time.monotonic()
+        with pytest.raises(FaceDetectorError) as refused:
+            c.detect(ZIDANE)
+        assert refused.value.code == "UNAVAILABLE" and not isinstance(refused.value, NoAnswerError)
+        assert time.monotonic() - started < 5

@@ -6,13 +6,14 @@
         for face in client.detect("photo.jpg").faces:
             print(face.confidence, face.box)
 
-Needs only grpcio, protobuf and numpy; OpenCV is imported lazily, for drawing and for reading
-image files in formats other than JPEG and PNG.
+Needs only grpcio and protobuf (the distribution `facedet-client`, clients/python/); NumPy is
+used for arrays where installed, and OpenCV, imported lazily, for drawing, video files and image
+files in formats other than JPEG and PNG (see facedet.client.optional).
 """
 
 from facedet.client.aio import AsyncFaceDetectorClient
 from facedet.client.blocking import FaceDetectorClient
-from facedet.client.errors import FaceDetectorError
+from facedet.client.errors import FaceDetectorError, NoAnswerError
 from facedet.client.images import Frame, ImageLike, PixelFormat, build_request
 from facedet.client.messages import (
     BoundingBox,
@@ -26,6 +27,7 @@ from facedet.client.messages import (
     Status,
     Timing,
 )
+from facedet.client.optional import MissingDependency
 
 __all__ = [
     "AsyncFaceDetectorClient",
@@ -39,7 +41,9 @@ __all__ = [
     "ImageLike",
     "Landmarks",
     "Limits",
+    "MissingDependency",
     "ModelInfo",
+    "NoAnswerError",
     "PixelFormat",
     "Point",
     "Status",

@@ -9,7 +9,7 @@ from types import TracebackType
 
 import grpc
 
-from facedet.client.base import ClientDefaults
+from facedet.client.base import ClientDefaults, naming_file
 from facedet.client.channel import (
     HEALTH_METHOD,
     ChannelOptions,
@@ -17,8 +17,9 @@ from facedet.client.channel import (
     encode_health_request,
 )
 from facedet.client.channel import channel_options as make_channel_options
+from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT, remaining
 from facedet.client.errors import FaceDetectorError
-from facedet.client.images import Frame, ImageLike, PixelFormat, frame_request
+from facedet.client.images import DEFAULT_PIXEL_FORMAT, Frame, ImageLike, PixelFormat, frame_request
 from facedet.client.messages import Detection, DetectionOptions, ModelInfo
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
@@ -35,13 +36,20 @@ class AsyncFaceDetectorClient(ClientDefaults):
         target: str,
         *,
         timeout: float | None = None,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         options: DetectionOptions | None = None,
         channel_options: ChannelOptions = (),
-        pixel_format: PixelFormat = "RGB",
+        pixel_format: PixelFormat = DEFAULT_PIXEL_FORMAT,
     ) -> None:
-        super().__init__(target, timeout=timeout, options=options, pixel_format=pixel_format)
+        super().__init__(
+            target,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            options=options,
+            pixel_format=pixel_format,
+        )
         self._channel = grpc.aio.insecure_channel(
-            target, options=make_channel_options(channel_options, target)
+            self.target, options=make_channel_options(channel_options, self.target)
         )
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
@@ -54,14 +62,23 @@ class AsyncFaceDetectorClient(ClientDefaults):
         *,
         pixel_format: PixelFormat | None = None,
     ) -> Detection:
+        """See FaceDetectorClient.detect: **HxWx3 arrays are RGB8 unless `pixel_format` says
+        "BGR8"** (OpenCV's order)."""
         request = self._detect_request(image, options, frame_id, pixel_format)
-        return Detection.from_proto(await self.detect_request(request))
+        try:
+            return Detection.from_proto(await self.detect_request(request))
+        except FaceDetectorError as exc:
+            raise naming_file(image, exc) from None
 
     async def detect_request(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
+        started = time.monotonic()
+        await self._probe(self.timeout)
         try:
-            response: pb.DetectFacesResponse = await self._stub.DetectFaces(request, timeout=self.timeout)
+            response: pb.DetectFacesResponse = await self._stub.DetectFaces(
+                request, timeout=remaining(self.timeout, started)
+            )
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            raise self._call_error(exc, self.timeout) from None
         return response
 
     async def stream(
@@ -89,30 +106,56 @@ class AsyncFaceDetectorClient(ClientDefaults):
             except Exception as exc:
                 failure.append(exc)
 
-        call = self._stub.StreamDetectFaces(requests(), timeout=timeout)
+        started = time.monotonic()
+        await self._probe(timeout)
+        call = self._stub.StreamDetectFaces(requests(), timeout=remaining(timeout, started))
+        received = 0
         try:
             async for response in call:
+                received += 1
                 yield Detection.from_proto(response)
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            raise self._stream_error(exc, timeout, received) from None
         finally:
             call.cancel()
         if failure:
             raise failure[0]
 
     async def model_info(self) -> ModelInfo:
+        started = time.monotonic()
+        await self._probe(self.timeout)
         try:
-            info = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            info = await self._stub.GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=remaining(self.timeout, started)
+            )
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            raise self._call_error(exc, self.timeout) from None
         return ModelInfo.from_proto(info)
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
+        timeout = timeout or self.timeout
+        budget = self._probe_budget(timeout)  # this call is its own probe
         try:
-            data: bytes = await self._health(encode_health_request(service), timeout=timeout or self.timeout)
+            data: bytes = await self._health(
+                encode_health_request(service), timeout=budget.seconds if budget else timeout
+            )
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            if budget is not None:
+                self._probe_failed(exc, budget)
+            raise self._call_error(exc, timeout) from None
+        self._answered = True
         return decode_health_response(data)
+
+    async def _probe(self, call_timeout: float | None) -> None:
+        """See FaceDetectorClient._probe."""
+        budget = self._probe_budget(call_timeout)
+        if budget is None:
+            return
+        try:
+            await self._health(encode_health_request(""), timeout=budget.seconds)
+        except grpc.RpcError as exc:
+            self._probe_failed(exc, budget)
+        self._answered = True
 
     async def wait_until_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

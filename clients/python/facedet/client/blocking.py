@@ -8,7 +8,7 @@ from types import TracebackType
 
 import grpc
 
-from facedet.client.base import ClientDefaults
+from facedet.client.base import ClientDefaults, naming_file
 from facedet.client.channel import (
     HEALTH_METHOD,
     ChannelOptions,
@@ -16,18 +16,25 @@ from facedet.client.channel import (
     encode_health_request,
 )
 from facedet.client.channel import channel_options as make_channel_options
+from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT, remaining
 from facedet.client.errors import FaceDetectorError
-from facedet.client.images import Frame, ImageLike, PixelFormat, frame_request
+from facedet.client.images import DEFAULT_PIXEL_FORMAT, Frame, ImageLike, PixelFormat, frame_request
 from facedet.client.messages import Detection, DetectionOptions, ModelInfo
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 
 
 class FaceDetectorClient(ClientDefaults):
-    """Blocking client for one server. `target` is `host:port` or `unix:///path/to.sock`.
+    """Blocking client for one server.
 
-    `timeout` (seconds) bounds each unary call (streams take their own, as they may run for
-    long); `options` are the DetectionOptions used when a call passes none.
+    `target` is `host:port` (a host alone means port 50051), `unix:///path/to.sock`, or a list of
+    front ends (`ipv4:HOST:PORT,HOST:PORT`, `unix:/a.sock,/b.sock`), spread over by round_robin.
+    `timeout` (seconds) bounds each unary call, connecting included (streams take their own, as
+    they may run for long). `connect_timeout` bounds the wait for the server to answer at all
+    before any call: past it, NoAnswerError (code UNAVAILABLE) "no FaceDetector answered at
+    ADDR within S s"; None leaves that to gRPC. `options` are the DetectionOptions used when a
+    call passes none; `pixel_format` is the channel order of HxWx3 arrays when a call gives none
+    (see `detect`).
     """
 
     def __init__(
@@ -35,12 +42,21 @@ class FaceDetectorClient(ClientDefaults):
         target: str,
         *,
         timeout: float | None = None,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         options: DetectionOptions | None = None,
         channel_options: ChannelOptions = (),
-        pixel_format: PixelFormat = "RGB",
+        pixel_format: PixelFormat = DEFAULT_PIXEL_FORMAT,
     ) -> None:
-        super().__init__(target, timeout=timeout, options=options, pixel_format=pixel_format)
-        self._channel = grpc.insecure_channel(target, options=make_channel_options(channel_options, target))
+        super().__init__(
+            target,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            options=options,
+            pixel_format=pixel_format,
+        )
+        self._channel = grpc.insecure_channel(
+            self.target, options=make_channel_options(channel_options, self.target)
+        )
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
 
@@ -52,16 +68,34 @@ class FaceDetectorClient(ClientDefaults):
         *,
         pixel_format: PixelFormat | None = None,
     ) -> Detection:
-        """Faces in one image (a path, JPEG/PNG bytes, or an RGB/BGR/gray uint8 array)."""
+        """Faces in one image: a path, JPEG/PNG bytes, or a uint8 numpy array.
+
+        A path's JPEG or PNG is sent as it is; other formats (BMP, TIFF, WebP, GIF, ...) are
+        re-encoded here (needs OpenCV). A file that cannot be sent (missing, a folder, empty, not
+        an image) raises FaceDetectorError INVALID_ARGUMENT naming it, before any call; the
+        server's INVALID_ARGUMENT for a file's bytes names the file too.
+
+        An array is HxW or HxWx1 (GRAY8), or HxWx3 in `pixel_format` order: "RGB8" or "BGR8".
+        **Without `pixel_format`, HxWx3 arrays are taken as RGB8** (the client's default), but
+        OpenCV (`cv2.imread`, `cv2.VideoCapture`) gives BGR: pass `pixel_format="BGR8"` for
+        those, or red and blue are swapped and the faces found differ.
+        """
         request = self._detect_request(image, options, frame_id, pixel_format)
-        return Detection.from_proto(self.detect_request(request))
+        try:
+            return Detection.from_proto(self.detect_request(request))
+        except FaceDetectorError as exc:
+            raise naming_file(image, exc) from None
 
     def detect_request(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
         """The raw call, for callers that build their own protos."""
+        started = time.monotonic()
+        self._probe(self.timeout)
         try:
-            response: pb.DetectFacesResponse = self._stub.DetectFaces(request, timeout=self.timeout)
+            response: pb.DetectFacesResponse = self._stub.DetectFaces(
+                request, timeout=remaining(self.timeout, started)
+            )
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            raise self._call_error(exc, self.timeout) from None
         return response
 
     def stream(
@@ -74,9 +108,11 @@ class FaceDetectorClient(ClientDefaults):
     ) -> Generator[Detection, None, None]:
         """Detections for `frames`, in order, as they come back; several frames are in flight at
         once. Frame ids default to each frame's position (0, 1, ...); wrap a frame in `Frame` to
-        choose its id. A frame the server rejects yields a Detection with `error` set; a frame
-        that cannot be read here (missing file, bad array) raises, after the detections of the
-        frames before it. Closing the generator early cancels the call."""
+        choose its id. Arrays are read as in `detect` (`pixel_format`: "RGB8" unless given).
+        A frame the server rejects yields a Detection with `error` set; a frame that cannot be
+        read here (missing file, bad array) raises, after the detections of the frames before
+        it. `timeout` bounds the whole stream, connecting included. Closing the generator early
+        cancels the call."""
         proto_options = self._options(options)
         fmt = pixel_format or self.pixel_format
         failure: list[BaseException] = []
@@ -90,31 +126,55 @@ class FaceDetectorClient(ClientDefaults):
             except Exception as exc:
                 failure.append(exc)
 
-        call = self._stub.StreamDetectFaces(requests(), timeout=timeout)
+        started = time.monotonic()
+        self._probe(timeout)
+        call = self._stub.StreamDetectFaces(requests(), timeout=remaining(timeout, started))
+        received = 0
         try:
             for response in call:
+                received += 1
                 yield Detection.from_proto(response)
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            raise self._stream_error(exc, timeout, received) from None
         finally:
             call.cancel()  # no-op once finished; stops the call if the caller stopped early
         if failure:
             raise failure[0]
 
     def model_info(self) -> ModelInfo:
+        started = time.monotonic()
+        self._probe(self.timeout)
         try:
-            info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=remaining(self.timeout, started))
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            raise self._call_error(exc, self.timeout) from None
         return ModelInfo.from_proto(info)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health check's status: "SERVING", "NOT_SERVING" (e.g. model still loading), ..."""
+        timeout = timeout or self.timeout
+        budget = self._probe_budget(timeout)  # this call is its own probe
         try:
-            data: bytes = self._health(encode_health_request(service), timeout=timeout or self.timeout)
+            data: bytes = self._health(
+                encode_health_request(service), timeout=budget.seconds if budget else timeout
+            )
         except grpc.RpcError as exc:
-            raise FaceDetectorError.from_rpc_error(exc) from None
+            if budget is not None:
+                self._probe_failed(exc, budget)
+            raise self._call_error(exc, timeout) from None
+        self._answered = True
         return decode_health_response(data)
+
+    def _probe(self, call_timeout: float | None) -> None:
+        """Until a server has answered: a health check, bounded by the connect timeout."""
+        budget = self._probe_budget(call_timeout)
+        if budget is None:
+            return
+        try:
+            self._health(encode_health_request(""), timeout=budget.seconds)
+        except grpc.RpcError as exc:
+            self._probe_failed(exc, budget)
+        self._answered = True
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Block until the server reports SERVING; FaceDetectorError(DEADLINE_EXCEEDED) if not."""

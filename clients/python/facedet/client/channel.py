@@ -16,6 +16,41 @@ HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
+DEFAULT_PORT = 50051
+# gRPC schemes whose addresses are not host[:port] (or are lists): passed on as they are.
+_SCHEMES_AS_GIVEN = ("unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:", "google-c2p:")
+
+
+def with_default_port(target: str) -> str:
+    """`target` with port 50051 where it names a host without a port: "localhost" ->
+    "localhost:50051", "[::1]" -> "[::1]:50051", "dns:///svc" -> "dns:///svc:50051" (gRPC
+    itself would dial 443, the HTTPS port). unix:, ipv4:, ipv6: and other schemes, and anything
+    with a port, are left as they are."""
+    if target.startswith("dns:"):
+        rest = target[len("dns:") :]
+        if rest.startswith("//"):  # dns://[authority]/host
+            slash = rest.find("/", 2)
+            if slash < 0:
+                return target  # not a dns: URI gRPC takes; its error says so
+            return "dns:" + rest[: slash + 1] + _host_with_port(rest[slash + 1 :])
+        return "dns:" + _host_with_port(rest)
+    if target.startswith(_SCHEMES_AS_GIVEN) or "://" in target:
+        return target
+    return _host_with_port(target)
+
+
+def _host_with_port(host: str) -> str:
+    if not host:
+        return host
+    if host.startswith("["):  # [IPv6] or [IPv6]:port
+        return f"{host}:{DEFAULT_PORT}" if host.endswith("]") else host
+    colons = host.count(":")
+    if colons == 0:
+        return f"{host}:{DEFAULT_PORT}"
+    if colons > 1:  # a bare IPv6 address: gRPC cannot read a port from it either
+        return f"[{host}]:{DEFAULT_PORT}"
+    return host
+
 
 def channel_options(extra: ChannelOptions = (), target: str = "") -> list[tuple[str, Any]]:
     """Our defaults, then the caller's (gRPC takes the last value given for a key).

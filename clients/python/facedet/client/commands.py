@@ -1,7 +1,8 @@
 """`facedet detect` and `facedet stream`: the client library behind a command line.
 
-Exit status: 0 all went well; 1 an image or frame failed (unreadable, rejected by the server);
-3 the server is unreachable or not serving. (argparse uses 2 for bad arguments.)
+Output: one line per face (human), or with --json JSON Lines: one object per image or frame,
+the DetectFacesResponse in the proto JSON mapping plus "file"; a failed one has "file" and
+"error": {"code": STATUS_NAME, "message": ...}. Exit status: see EXIT_STATUS (in --help).
 """
 
 from __future__ import annotations
@@ -11,34 +12,55 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
 from facedet.client import Detection, DetectionOptions, FaceDetectorClient, FaceDetectorError, Frame, Status
+from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT
 from facedet.client.draw import save_drawing
-from facedet.client.frames import folder_frames, video_frames
+from facedet.client.errors import NoAnswerError
+from facedet.client.frames import file_frames, folder_files, video_frames
+from facedet.client.optional import MissingDependency
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
 DEFAULT_SERVER = "localhost:50051"
+DETECT_TIMEOUT = 30.0
+EXIT_STATUS = f"""\
+exit status:
+  0  every image (frame) went well
+  1  an image or frame failed: unreadable, not an image, rejected by the server
+  2  bad arguments
+  3  no FaceDetector answered at --server: nothing listens there (refused), or nothing
+     answered within --connect-timeout (default {DEFAULT_CONNECT_TIMEOUT:g} s) or --timeout (the
+     whole call, connecting included): "no FaceDetector answered at ADDR within S s\""""
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     detect = sub.add_parser(
         "detect",
         help="detect faces in images through a server",
-        description="Send each image to a facedet server and print the faces found: one line per "
-        "face, or with --json the response in the proto's JSON mapping.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Send each image to a facedet server and print the faces found: one line per\n"
+        "face, or with --json one JSON line per image.",
+        epilog=EXIT_STATUS,
     )
-    detect.add_argument("images", nargs="+", metavar="IMG", help="JPEG or PNG files (others via OpenCV)")
-    _add_client_arguments(detect)
+    detect.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMG",
+        help="image files: JPEG and PNG are sent as they are, other formats (BMP, TIFF, WebP, ...) "
+        "re-encoded here with OpenCV",
+    )
+    _add_client_arguments(detect, DETECT_TIMEOUT, "seconds for each image, connecting included")
     detect.add_argument(
         "--json",
         action="store_true",
-        help="print DetectFacesResponse as proto JSON: an object for one image, a list for several "
-        "(a failed image is an object with only `error`, as on a stream)",
+        help='JSON Lines: per image, the DetectFacesResponse as proto JSON plus "file"; a failed '
+        'image is {"file", "error": {"code": "INVALID_ARGUMENT", "message"}}',
     )
     detect.add_argument(
         "--draw",
@@ -52,13 +74,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     stream = sub.add_parser(
         "stream",
         help="detect faces in a video or a folder of images over one stream",
-        description="Stream a video's frames (decoded here with OpenCV, sent as raw BGR, or JPEG with "
-        "--jpeg) or a folder's JPEG/PNG files (in name order) to a server over StreamDetectFaces, "
-        "printing each frame's face count and a summary.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Stream a video's frames (decoded here with OpenCV, sent as raw BGR, or JPEG with\n"
+        "--jpeg) or a folder's JPEG/PNG files (in name order) to a server over StreamDetectFaces,\n"
+        "printing each frame's face count and a summary, or with --json one JSON line per frame.",
+        epilog=EXIT_STATUS,
     )
     stream.add_argument("source", metavar="VIDEO_OR_DIR", help="a video file or a folder of images")
-    _add_client_arguments(stream)
-    stream.add_argument("--json", action="store_true", help="print one proto-JSON response per line")
+    _add_client_arguments(stream, None, "seconds for the whole stream, connecting included (default: none)")
+    stream.add_argument(
+        "--json",
+        action="store_true",
+        help='JSON Lines as detect --json prints them ("file": the video, or the folder\'s file); '
+        "the summary goes to stderr",
+    )
     stream.add_argument("--every", type=_positive_int, default=1, metavar="N", help="send every Nth frame")
     stream.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after sending N frames")
     stream.add_argument(
@@ -79,15 +108,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_client_arguments(parser: argparse.ArgumentParser, timeout: float | None, timeout_help: str) -> None:
     parser.add_argument(
         "--server",
         default=os.environ.get("FACEDET_SERVER", DEFAULT_SERVER),
         metavar="ADDR",
-        help="HOST:PORT, unix:///path.sock, or front ends to spread calls over (round_robin): "
-        f"ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock [env FACEDET_SERVER; default {DEFAULT_SERVER}]",
+        help="HOST:PORT (HOST alone: port 50051), unix:///path.sock, or front ends to spread calls "
+        "over (round_robin): ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock "
+        f"[env FACEDET_SERVER; default {DEFAULT_SERVER}]",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    default = f" (default {timeout:g})" if timeout is not None else ""
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=timeout, metavar="S", help=timeout_help + default
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for the server to answer at all (default {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
     parser.add_argument("--min-confidence", type=float, default=0.0, help="0 = server default (0.5)")
     parser.add_argument("--iou-threshold", type=float, default=0.0, help="0 = server default (0.5)")
     parser.add_argument("--max-faces", type=int, default=0, help="0 = server default")
@@ -98,41 +145,68 @@ def _options(args: argparse.Namespace) -> DetectionOptions:
     return DetectionOptions(args.min_confidence, args.iou_threshold, args.max_faces, args.min_face_size)
 
 
-def _unreachable(command: str, server: str, message: str) -> int:
+def _client(args: argparse.Namespace, timeout: float | None) -> FaceDetectorClient:
+    return FaceDetectorClient(
+        args.server, timeout=timeout, connect_timeout=args.connect_timeout, options=_options(args)
+    )
+
+
+def _no_server(error: FaceDetectorError) -> bool:
+    """Whether `error` says that no FaceDetector answered at all (exit 3, stop)."""
+    return isinstance(error, NoAnswerError) or error.code == "UNAVAILABLE"
+
+
+def _unreachable(command: str, target: str, error: FaceDetectorError) -> int:
+    what = (
+        error.message
+        if isinstance(error, NoAnswerError)
+        else (f"the server at {target} is not available ({error.message})")
+    )
     print(
-        f"facedet {command}: the server at {server} is not available ({message}); start one with "
-        "`facedet serve`, or point --server / FACEDET_SERVER at a running one",
+        f"facedet {command}: {what}; start one with `facedet serve`, or point --server / "
+        "FACEDET_SERVER at a running one",
         file=sys.stderr,
     )
     return EXIT_UNREACHABLE
 
 
+def json_line(file: str, detection: Detection) -> str:
+    """One JSON Lines record: the response in the proto JSON mapping plus "file"; a failed one
+    is "file" (with "frame_id" on a stream) and "error" with the status code's name."""
+    record: dict[str, Any] = {"file": file}
+    record.update(MessageToDict(detection.to_proto(), preserving_proto_field_name=True))
+    if detection.error is not None:
+        record["error"] = {"code": detection.error.code, "message": detection.error.message}
+    return json.dumps(record)
+
+
+def _naming(file: str, message: str) -> str:
+    return message if message.startswith(f"{file}: ") else f"{file}: {message}"
+
+
 def run_detect(args: argparse.Namespace) -> int:
-    outputs: list[dict[str, Any]] = []
     status = EXIT_OK
-    with FaceDetectorClient(args.server, timeout=args.timeout, options=_options(args)) as client:
+    with _client(args, args.timeout) as client:
         for index, image in enumerate(args.images):
             try:
                 detection = client.detect(image)
-            except OSError as exc:
-                print(f"facedet detect: cannot read {image}: {exc.strerror or exc}", file=sys.stderr)
-                detection = Detection((), 0, 0, error=Status("INVALID_ARGUMENT", f"cannot read {image}"))
             except FaceDetectorError as exc:
-                if exc.code == "UNAVAILABLE":
-                    return _unreachable("detect", args.server, exc.message)
-                print(f"facedet detect: {image}: {exc.code}: {exc.message}", file=sys.stderr)
-                detection = Detection((), 0, 0, error=Status(exc.code, exc.message))
-            if detection.error is not None:
+                if _no_server(exc):
+                    return _unreachable("detect", client.target, exc)
+                message = _naming(image, exc.message)
+                print(f"facedet detect: {exc.code}: {message}", file=sys.stderr)
+                if args.json:
+                    failed = Detection((), 0, 0, error=Status(exc.code, message))
+                    print(json_line(image, failed), flush=True)
                 status = EXIT_FAILED
-            elif args.draw:
+                continue
+            if args.draw:
                 out = _drawing_path(args.draw, image, index, args.images)
                 status = max(status, _draw(image, detection, out))
             if args.json:
-                outputs.append(MessageToDict(detection.to_proto(), preserving_proto_field_name=True))
-            elif detection.error is None:
+                print(json_line(image, detection), flush=True)
+            else:
                 _print_faces(image, detection)
-    if args.json:
-        print(json.dumps(outputs[0] if len(args.images) == 1 else outputs, indent=2))
     return status
 
 
@@ -167,7 +241,7 @@ def _drawing_path(out: str, image: str, index: int, images: Sequence[str]) -> Pa
 def _draw(image: str, detection: Detection, out: Path) -> int:
     try:
         save_drawing(image, detection, out)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, MissingDependency, FaceDetectorError) as exc:
         print(f"facedet detect: cannot draw {image} to {out}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
@@ -175,19 +249,24 @@ def _draw(image: str, detection: Detection, out: Path) -> int:
 
 def run_stream(args: argparse.Namespace) -> int:
     try:
-        frames = _frames(args)
-    except (OSError, ValueError) as exc:
+        frames, file_of = _frames(args)
+    except (OSError, ValueError, MissingDependency) as exc:
         print(f"facedet stream: {exc}", file=sys.stderr)
         return EXIT_FAILED
     summary_to = sys.stderr if args.json else sys.stdout
     sent = faces = failed = 0
     start = time.perf_counter()
-    with FaceDetectorClient(args.server, options=_options(args)) as client:
+    with _client(args, None) as client:
         try:
-            for detection in client.stream(frames):
+            for response in client.stream(frames, timeout=args.timeout):
                 sent += 1
+                file = file_of(response.frame_id)
+                detection = response
+                if response.error is not None and file != args.source:  # a folder's file: name it
+                    error = Status(response.error.code, _naming(file, response.error.message))
+                    detection = replace(response, error=error)
                 if args.json:
-                    print(json.dumps(MessageToDict(detection.to_proto(), preserving_proto_field_name=True)))
+                    print(json_line(file, detection), flush=True)
                 elif detection.error is not None:
                     print(f"frame {detection.frame_id}: {detection.error.code}: {detection.error.message}")
                 else:
@@ -198,8 +277,8 @@ def run_stream(args: argparse.Namespace) -> int:
                 else:
                     faces += len(detection.faces)
         except FaceDetectorError as exc:
-            if exc.code == "UNAVAILABLE":
-                return _unreachable("stream", args.server, exc.message)
+            if _no_server(exc) and not sent:
+                return _unreachable("stream", client.target, exc)
             hint = "; try --jpeg to send smaller frames" if exc.code == "RESOURCE_EXHAUSTED" else ""
             print(f"facedet stream: stream failed: {exc.code}: {exc.message}{hint}", file=sys.stderr)
             return EXIT_FAILED
@@ -214,10 +293,13 @@ def run_stream(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _frames(args: argparse.Namespace) -> Iterator[Frame]:
+def _frames(args: argparse.Namespace) -> tuple[Iterator[Frame], Callable[[int], str]]:
+    """The frames to send, and the file each frame id comes from (for messages and --json)."""
     source = Path(args.source)
     if source.is_dir():
-        return folder_frames(source, args.every, args.max_frames)
+        files = folder_files(source)
+        return file_frames(files, args.every, args.max_frames), lambda frame_id: str(files[frame_id])
     if not source.exists():
         raise FileNotFoundError(f"no such video file or folder: {source}")
-    return video_frames(source, args.every, args.max_frames, jpeg_quality=args.jpeg)
+    frames = video_frames(source, args.every, args.max_frames, jpeg_quality=args.jpeg)
+    return frames, lambda frame_id: args.source

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-
+from facedet.client.image_files import encoded_image_file
 from facedet.v1 import face_detector_pb2 as pb
 
-ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
-PixelFormat = Literal["RGB", "BGR"]
+if TYPE_CHECKING:
+    from numpy import ndarray
+else:
+    try:
+        from numpy import ndarray
+    except ImportError:  # a client-only install without NumPy: no value is an array
 
-_FORMATS = {"RGB": pb.PIXEL_FORMAT_RGB8, "BGR": pb.PIXEL_FORMAT_BGR8}
-# Formats the server decodes itself; anything else read from a file is decoded here, if OpenCV
-# is installed, and sent as raw pixels.
-_SERVER_FORMATS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+        class ndarray:  # stands in for numpy's name
+            pass
+
+
+ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | ndarray
+# The order of a 3-channel array's channels. "RGB" and "BGR" are the older spellings of "RGB8"
+# and "BGR8", kept working. HxW and HxWx1 arrays are always GRAY8.
+PixelFormat = Literal["RGB8", "BGR8", "GRAY8", "RGB", "BGR"]
+DEFAULT_PIXEL_FORMAT: PixelFormat = "RGB8"
+
+_FORMATS = {
+    "RGB8": pb.PIXEL_FORMAT_RGB8,
+    "RGB": pb.PIXEL_FORMAT_RGB8,
+    "BGR8": pb.PIXEL_FORMAT_BGR8,
+    "BGR": pb.PIXEL_FORMAT_BGR8,
+    "GRAY8": pb.PIXEL_FORMAT_GRAY8,
+}
 
 
 @dataclass(frozen=True)
@@ -34,33 +49,32 @@ def build_request(
     *,
     options: pb.DetectionOptions | None = None,
     frame_id: int = 0,
-    pixel_format: PixelFormat = "RGB",
+    pixel_format: PixelFormat = DEFAULT_PIXEL_FORMAT,
 ) -> pb.DetectFacesRequest:
-    """Paths are read and sent encoded; bytes are sent as they are (JPEG or PNG); arrays are sent
-    as raw pixels: HxWx3 uint8 in `pixel_format` order, or HxW / HxWx1 uint8 grayscale."""
+    """Paths are read and sent encoded (JPEG and PNG as they are, other formats re-encoded here);
+    bytes are sent as they are (the server takes JPEG or PNG); arrays are sent as raw pixels:
+    HxWx3 uint8 in `pixel_format` order ("RGB8", the default, or "BGR8": OpenCV's order), or
+    HxW / HxWx1 uint8 grayscale. An image file that cannot be sent raises FaceDetectorError
+    (INVALID_ARGUMENT, naming the file)."""
     request = pb.DetectFacesRequest(frame_id=frame_id)
     if options is not None:
         request.options.CopyFrom(options)
-    if isinstance(image, np.ndarray):
+    if isinstance(image, ndarray):
         request.raw.CopyFrom(raw_image(image, pixel_format))
     elif isinstance(image, bytes | bytearray | memoryview):
         request.encoded = bytes(image)
     elif isinstance(image, str | os.PathLike):
-        data = Path(image).read_bytes()
-        if data.startswith(_SERVER_FORMATS):
-            request.encoded = data
-        else:
-            decoded = _decode_locally(data)
-            if decoded is None:
-                request.encoded = data  # the server's error names the format it found
-            else:
-                request.raw.CopyFrom(raw_image(decoded, "BGR"))
+        request.encoded = encoded_image_file(image)
     else:
         raise TypeError(f"image must be a path, encoded bytes or a numpy array, not {type(image).__name__}")
     return request
 
 
-def raw_image(array: np.ndarray, pixel_format: PixelFormat = "RGB") -> pb.RawImage:
+def raw_image(array: ndarray, pixel_format: PixelFormat = DEFAULT_PIXEL_FORMAT) -> pb.RawImage:
+    import numpy as np
+
+    if pixel_format not in _FORMATS:
+        raise ValueError(f"pixel_format must be 'RGB8', 'BGR8' or 'GRAY8', got {pixel_format!r}")
     if array.dtype != np.uint8:
         raise ValueError(f"image arrays must be uint8, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
@@ -68,45 +82,20 @@ def raw_image(array: np.ndarray, pixel_format: PixelFormat = "RGB") -> pb.RawIma
     if array.ndim == 2:
         fmt = pb.PIXEL_FORMAT_GRAY8
     elif array.ndim == 3 and array.shape[2] == 3:
-        if pixel_format not in _FORMATS:
-            raise ValueError(f"pixel_format must be 'RGB' or 'BGR', got {pixel_format!r}")
+        if pixel_format == "GRAY8":
+            raise ValueError(f"a {array.shape} array is not GRAY8; say pixel_format='RGB8' or 'BGR8'")
         fmt = _FORMATS[pixel_format]
     else:
         raise ValueError(
-            f"image arrays must be HxWx3 (RGB/BGR) or HxW (gray), got shape {array.shape}; "
+            f"image arrays must be HxWx3 (RGB8/BGR8) or HxW (GRAY8), got shape {array.shape}; "
             "drop an alpha channel first"
         )
     height, width = array.shape[:2]
     return pb.RawImage(width=width, height=height, format=fmt, data=np.ascontiguousarray(array).tobytes())
 
 
-def _imread_flags(cv2: Any) -> int:
-    # The server ignores EXIF orientation, so pixels here must too for coordinates to match.
-    return int(cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-
-
-def _decode_locally(data: bytes) -> np.ndarray | None:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _imread_flags(cv2))
-    return decoded if isinstance(decoded, np.ndarray) else None
-
-
-def load_bgr(image: ImageLike, pixel_format: PixelFormat = "RGB") -> np.ndarray:
-    """The image as an HxWx3 BGR array, for drawing on (needs OpenCV for paths and bytes)."""
-    import cv2
-
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-            return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
-        return image.copy() if pixel_format == "BGR" else np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    data = Path(image).read_bytes() if isinstance(image, str | os.PathLike) else bytes(image)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _imread_flags(cv2))
-    if decoded is None:
-        raise ValueError("OpenCV cannot decode this image")
-    return np.asarray(decoded)
+def is_bgr(pixel_format: PixelFormat) -> bool:
+    return pixel_format in ("BGR8", "BGR")
 
 
 def frame_request(
