@@ -21,6 +21,7 @@ from facedet_server.app.config import (
     runs_on_gpu,
     settings_table,
     shown_default,
+    usable_cpus,
     validate,
 )
 
@@ -202,7 +203,7 @@ def test_help_lists_every_setting_with_its_environment_variable() -> None:
     assert "[env FACEDET_MAX_BATCH; default 0]" in text
     assert "0 = automatic: 8 on the CPU, 64 on a GPU" in text
     assert "0 = automatic: 256 on the CPU, 1024 on a GPU" in text
-    assert "0 = automatic: 1 on the CPU, 3 on a GPU" in text
+    assert "0 = automatic: one per CPU on the CPU, 3 on a GPU" in text
     assert "[env FACEDET_LISTEN; default 0.0.0.0:50051]" in text
 
 
@@ -301,7 +302,7 @@ def batching(config: ServerConfig) -> tuple[int, int, int, float]:
     return config.max_batch, config.batch_workers, config.max_queue, config.gil_switch_ms
 
 
-CPU = (8, 1, 256, 5.0)  # the fixed defaults before they became automatic; 5 ms is Python's own
+CPU = (8, usable_cpus(), 256, 5.0)  # a batch in flight per CPU; 5 ms is Python's own switch interval
 GPU = (64, 3, 1024, 1.0)  # what the GPU benchmarks ran with
 
 
@@ -332,7 +333,10 @@ def test_automatic_settings_follow_where_the_model_runs(
     assert runs_on_gpu(backend, device) == (expected == GPU)
     # Only the automatic settings change, and the input is left as it was (a frozen copy).
     assert (
-        dataclasses.replace(resolved, max_batch=0, batch_workers=0, max_queue=0, gil_switch_ms=0.0) == config
+        dataclasses.replace(
+            resolved, max_batch=0, batch_workers=0, max_queue=0, gil_switch_ms=0.0, intra_op_threads=0
+        )
+        == config
     )
     assert batching(config) == (0, 0, 0, 0.0)
 
@@ -341,12 +345,23 @@ def test_explicit_settings_win_over_automatic_ones() -> None:
     config = parse(["--max-batch", "16", "--gil-switch-ms", "2.5"], {"FACEDET_MAX_QUEUE": "77"})
     for backend, device in (("onnxruntime", "cpu"), ("torch", "cuda:0"), ("tensorrt", "cuda:0")):
         resolved = resolve_automatic(config, backend, device)
-        workers = 3 if runs_on_gpu(backend, device) else 1  # the one left automatic
+        workers = 3 if runs_on_gpu(backend, device) else usable_cpus()  # the one left automatic
         assert batching(resolved) == (16, workers, 77, 2.5), backend
     everything = parse(
         ["--max-batch", "2", "--batch-workers", "5", "--max-queue", "9", "--gil-switch-ms", "3"]
     )
-    assert resolve_automatic(everything, "torch", "cuda:0") == everything
+    threads = max(1, usable_cpus() // 5)
+    expected = dataclasses.replace(everything, intra_op_threads=threads)
+    assert resolve_automatic(everything, "torch", "cuda:0") == expected
+
+
+def test_onnx_runtime_threads_share_the_cpus_among_the_batches_in_flight() -> None:
+    cpus = usable_cpus()
+    assert resolve_automatic(parse([]), "onnxruntime", "cpu").intra_op_threads == 1
+    one_batch = resolve_automatic(parse(["--batch-workers", "1"]), "onnxruntime", "cpu")
+    assert one_batch.intra_op_threads == cpus
+    given = resolve_automatic(parse(["--intra-op-threads", "3"]), "onnxruntime", "cpu")
+    assert given.intra_op_threads == 3
 
 
 def test_resolving_twice_changes_nothing() -> None:

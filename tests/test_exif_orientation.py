@@ -5,6 +5,11 @@ tests/gpu/test_exif_gpu.py."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -77,3 +82,19 @@ def test_stream_frames_are_turned_too(stub: pb_grpc.FaceDetectorStub) -> None:
     assert [r.frame_id for r in responses] == [1, 6, 3, 8]
     assert {(r.image_width, r.image_height) for r in responses} == {(1280, 720)}
     assert len({len(r.faces) for r in responses}) == 1
+
+
+def test_the_python_client_and_cli_pass_the_option(server: Server, tmp_path: Path) -> None:
+    from facedet.client import DetectionOptions, FaceDetectorClient
+
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(stored_jpeg(image_bytes("zidane.jpg"), 6))
+    with FaceDetectorClient(server.target) as client:
+        upright = client.detect(photo)
+        assert (upright.image_width, upright.image_height) == (1280, 720)
+        stored = client.detect(photo, options=DetectionOptions(ignore_exif_orientation=True))
+        assert (stored.image_width, stored.image_height) == (720, 1280)
+    cli = [sys.executable, "-m", "facedet.cli", "detect", str(photo), "--server", server.target, "--json"]
+    for flags, size in (([], (1280, 720)), (["--ignore-exif-orientation"], (720, 1280))):
+        line = json.loads(subprocess.run(cli + flags, capture_output=True, text=True, check=True).stdout)
+        assert (line["imageWidth"], line["imageHeight"]) == size

@@ -129,19 +129,31 @@ class AutomaticValues:
     gil_switch_ms: float
 
 
-# The CPU values are the fixed defaults this server was tuned with on the CPU, so a CPU server
-# behaves as it did before they became automatic. The GPU values are what the GPU runs in
-# docs/benchmarks.md used (the figures are there): large batches with several in flight keep a
-# GPU busy, a queue of 16 such batches absorbs bursts, and a short interpreter-lock slice helps
-# threads that hand batches to each other all the time; on the CPU that slice gained nothing,
-# so the CPU keeps Python's own 5 ms.
-ON_CPU = AutomaticValues(max_batch=8, batch_workers=1, max_queue=256, gil_switch_ms=5.0)
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# On the CPU (ONNX Runtime) a batch in flight per CPU, each running its operators on one thread,
+# measured best on 2 cores against one batch on all of them (docs/benchmarks.md); batches of 8
+# and a queue of 256 are the values this server was first tuned with. The GPU values are what the
+# GPU runs in docs/benchmarks.md used: large batches with several in flight keep a GPU busy, a
+# queue of 16 such batches absorbs bursts, and a short interpreter-lock slice helps threads that
+# hand batches to each other all the time; on the CPU that slice gained nothing, so the CPU keeps
+# Python's own 5 ms.
+ON_CPU = AutomaticValues(max_batch=8, batch_workers=usable_cpus(), max_queue=256, gil_switch_ms=5.0)
 ON_GPU = AutomaticValues(max_batch=64, batch_workers=3, max_queue=1024, gil_switch_ms=1.0)
+# Automatic values that follow the machine rather than a constant, as the help says them.
+PER_MACHINE = {"batch_workers": "one per CPU"}
 
 
 def _automatic(name: str) -> str:
     """The help text's note for an automatic setting: what 0 becomes on the CPU and on a GPU."""
-    return f"0 = automatic: {getattr(ON_CPU, name):g} on the CPU, {getattr(ON_GPU, name):g} on a GPU"
+    cpu = PER_MACHINE.get(name) or f"{getattr(ON_CPU, name):g}"
+    return f"0 = automatic: {cpu} on the CPU, {getattr(ON_GPU, name):g} on a GPU"
 
 
 @dataclass(frozen=True)
@@ -218,7 +230,8 @@ class ServerConfig:
     )
     intra_op_threads: int = setting(
         0,
-        "ONNX Runtime threads inside one operator (0 = its default)",
+        "ONNX Runtime threads inside one operator; 0 = automatic: the CPUs shared among the "
+        "batch workers (1 each with the automatic --batch-workers)",
         MODEL_AND_DEVICE,
         bounds=ZERO_IS_AUTOMATIC,
     )
@@ -587,10 +600,14 @@ def resolve_automatic(config: ServerConfig, backend: str, device: str) -> Server
     filled in for `backend` on `device` (ON_CPU or ON_GPU); values given explicitly stay.
     Called once the backend is known: it decides the batch size the backend is loaded with."""
     automatic = ON_GPU if runs_on_gpu(backend, device) else ON_CPU
-    filled = {
+    filled: dict[str, Any] = {
         f.name: getattr(automatic, f.name) for f in fields(AutomaticValues) if getattr(config, f.name) == 0
     }
-    return replace(config, **filled)
+    resolved = replace(config, **filled)
+    if resolved.intra_op_threads == 0:
+        # Threads inside an operator compete with the other batches in flight for the CPUs.
+        resolved = replace(resolved, intra_op_threads=max(1, usable_cpus() // resolved.batch_workers))
+    return resolved
 
 
 def supervises(config: ServerConfig) -> bool:

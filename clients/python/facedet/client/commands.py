@@ -139,10 +139,21 @@ def _add_client_arguments(parser: argparse.ArgumentParser, timeout: float | None
     parser.add_argument("--iou-threshold", type=float, default=0.0, help="0 = server default (0.5)")
     parser.add_argument("--max-faces", type=int, default=0, help="0 = server default")
     parser.add_argument("--min-face-size", type=float, default=0.0, help="pixels; 0 = keep all")
+    parser.add_argument(
+        "--ignore-exif-orientation",
+        action="store_true",
+        help="detect in a JPEG's pixels as stored, not in the upright picture its EXIF orientation describes",
+    )
 
 
 def _options(args: argparse.Namespace) -> DetectionOptions:
-    return DetectionOptions(args.min_confidence, args.iou_threshold, args.max_faces, args.min_face_size)
+    return DetectionOptions(
+        args.min_confidence,
+        args.iou_threshold,
+        args.max_faces,
+        args.min_face_size,
+        args.ignore_exif_orientation,
+    )
 
 
 def _client(args: argparse.Namespace, timeout: float | None) -> FaceDetectorClient:

@@ -81,9 +81,11 @@ def encoded_image_file(path: str | os.PathLike[str]) -> bytes:
     return reencode(cv2, pixels, path)
 
 
-def imread_flags(cv2: Any) -> int:
-    # Only a JPEG's EXIF orientation is applied by the server; the pixels of other formats are
-    # taken as stored, so they are here too.
+def imread_flags(cv2: Any, data: bytes) -> int:
+    # The server applies a JPEG's EXIF orientation (by default) and takes other formats'
+    # pixels as stored; decoding here does the same, so drawn boxes land on the faces.
+    if data[:3] == b"\xff\xd8\xff":
+        return int(cv2.IMREAD_COLOR)
     return int(cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
@@ -92,7 +94,7 @@ def decode(cv2: Any, data: bytes) -> Any:
     import numpy as np  # OpenCV brings it
 
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), imread_flags(cv2))
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), imread_flags(cv2, data))
     except cv2.error:
         return None
     return decoded if isinstance(decoded, np.ndarray) and decoded.size else None

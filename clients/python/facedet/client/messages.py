@@ -217,6 +217,9 @@ class DetectionOptions:
     iou_threshold: float = 0.0
     max_faces: int = 0
     min_face_size: float = 0.0
+    # The server detects in the upright picture a JPEG's EXIF orientation describes; True keeps
+    # the pixels as stored (and the size reported is then the stored one).
+    ignore_exif_orientation: bool = False
 
     def to_proto(self) -> pb.DetectionOptions:
         return pb.DetectionOptions(
@@ -224,11 +227,18 @@ class DetectionOptions:
             iou_threshold=self.iou_threshold,
             max_faces=self.max_faces,
             min_face_size=self.min_face_size,
+            ignore_exif_orientation=self.ignore_exif_orientation,
         )
 
     @classmethod
     def from_proto(cls, message: pb.DetectionOptions) -> DetectionOptions:
-        return cls(message.min_confidence, message.iou_threshold, message.max_faces, message.min_face_size)
+        return cls(
+            message.min_confidence,
+            message.iou_threshold,
+            message.max_faces,
+            message.min_face_size,
+            message.ignore_exif_orientation,
+        )
 
 
 @dataclass(frozen=True)
