@@ -97,4 +97,4 @@ def test_the_python_client_and_cli_pass_the_option(server: Server, tmp_path: Pat
     cli = [sys.executable, "-m", "facedet.cli", "detect", str(photo), "--server", server.target, "--json"]
     for flags, size in (([], (1280, 720)), (["--ignore-exif-orientation"], (720, 1280))):
         line = json.loads(subprocess.run(cli + flags, capture_output=True, text=True, check=True).stdout)
-        assert (line["imageWidth"], line["imageHeight"]) == size
+        assert (line["image_width"], line["image_height"]) == size
