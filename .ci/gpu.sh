@@ -34,7 +34,7 @@
 #                     --summary-interval 4 on 127.0.0.1:50060, batching left automatic.
 #                       default    --processes 4 --front-end-listen 127.0.0.1:50070, the clients
 #                                  spread by round_robin over ports 50070-50073 (the best
-#                                  configuration measured, run AG)
+#                                  configuration measured; docs/benchmarks.md, sixth pass)
 #                       engines2   default + --engines 2
 #                       single     one process, no flags; clients on 127.0.0.1:50060
 #                       pipelines  default + --engine-process off (four whole pipelines)

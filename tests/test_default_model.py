@@ -15,6 +15,7 @@ from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server.model.files import DEFAULT_MODEL, REGISTRY, dynamic_path, resolve_model
 from facedet_server.model.onnx_metadata import read_spec
 from facedet_test_support import CHANNEL_OPTIONS, EXPECTED_FACES, MODEL, ServerFactory, image_bytes
+from structlog.testing import capture_logs
 
 ENTRY = REGISTRY[DEFAULT_MODEL]
 
@@ -51,12 +52,13 @@ def test_an_explicit_file_is_served_as_it_is(home: Path) -> None:
 
 
 def test_without_onnx_the_frozen_file_is_served_and_the_reason_logged(
-    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # as where the package is not installed
-    assert resolve_model(None) == MODEL.parent / ENTRY.filename
-    out = capsys.readouterr()
-    assert "model_fixed_shape" in out.out + out.err and "pip install onnx" in out.out + out.err
+    with capture_logs() as logs:
+        assert resolve_model(None) == MODEL.parent / ENTRY.filename
+    (warning,) = [entry for entry in logs if entry["event"] == "model_fixed_shape"]
+    assert "pip install onnx" in warning["reason"]
 
 
 def test_served_by_default_on_rectangular_inputs(start_server: ServerFactory, tmp_path: Path) -> None:

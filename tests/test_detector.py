@@ -148,8 +148,10 @@ def test_dct_reduced_decode_maps_faces_to_the_large_image(
     large_jpeg = simplejpeg.encode_jpeg(large, quality=95, colorspace="RGB")
     decoded_shapes: list[tuple[int, ...]] = []
 
-    def spy(data: bytes, max_pixels: int, target: tuple[int, int] | None = None) -> DecodedImage:
-        decoded = decode_encoded(data, max_pixels, target)
+    def spy(
+        data: bytes, max_pixels: int, target: tuple[int, int] | None = None, orient: bool = True
+    ) -> DecodedImage:
+        decoded = decode_encoded(data, max_pixels, target, orient)
         decoded_shapes.append(decoded.pixels.shape)
         return decoded
 

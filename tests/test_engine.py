@@ -34,7 +34,7 @@ from facedet.client import FaceDetectorClient
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server.app import supervisor
-from facedet_server.app.config import ServerConfig
+from facedet_server.app.config import ON_CPU, ServerConfig
 from facedet_server.app.server import limits_for
 from facedet_server.engine import codec, protocol
 from facedet_server.engine.protocol import (
@@ -784,8 +784,9 @@ def test_one_engine_and_logs_say_who_wrote_them(engine_server: Server) -> None:
     assert len(loaded) == 2 and all(r["switch_interval_s"] == pytest.approx(0.002) for r in loaded)
     # The batching settings left automatic: the front ends resolve them for the engine's backend
     # (ONNX Runtime: the CPU's), and the engine's threads follow the resolved --batch-workers.
-    assert [(r["max_batch"], r["batch_workers"], r["max_queue"]) for r in loaded] == [(8, 1, 256)] * 2
-    assert serving["threads"] == 1
+    cpu = (ON_CPU.max_batch, ON_CPU.batch_workers, ON_CPU.max_queue)
+    assert [(r["max_batch"], r["batch_workers"], r["max_queue"]) for r in loaded] == [cpu] * 2
+    assert serving["threads"] == ON_CPU.batch_workers
     connected = events(engine_server, "engine_connected")
     assert len(connected) == 2 and len({r["engine_pid"] for r in connected}) == 1, connected
     front = [r for r in records if r.get("role") == "frontend"]
@@ -983,7 +984,9 @@ def test_engine_given_sigterm_serves_its_front_ends_until_they_hang_up(start_ser
             assert len(stub.DetectFaces(request, timeout=30).faces) == 2
             engine.signal(signal.SIGTERM)
             wait_for(lambda: bool(events(engine, "engine_draining")), 10, "the engine to start draining")
-            assert events(engine, "engine_draining")[0]["front_ends"] == 1
+            # One connection per inference thread of the front end (its batch workers).
+            workers = events(front, "model_loaded")[0]["batch_workers"]
+            assert events(engine, "engine_draining")[0]["front_ends"] == workers
             assert not socket_path.exists(), "a draining engine takes no new front ends"
             for _ in range(3):
                 assert len(stub.DetectFaces(request, timeout=30).faces) == 2

@@ -16,7 +16,8 @@ import pytest
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_server import __version__
-from facedet_server.app.config import SETTINGS
+from facedet_server.app.config import ON_CPU, ON_GPU, SETTINGS, usable_cpus
+from facedet_server.model.files import dynamic_path
 from facedet_test_support import (
     CHANNEL_OPTIONS,
     EXPECTED_FACES,
@@ -107,7 +108,9 @@ def test_health_goes_not_serving_then_serving(start_server: ServerFactory, tmp_p
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
         assert info.model_sha256 == hashlib.sha256(MODEL.read_bytes()).hexdigest()
     loaded = [r for r in server.log_records() if r.get("event") == "model_loaded"]
-    assert loaded and loaded[0]["model"] == str(MODEL.parent / "yolov5n-0.5.onnx"), loaded
+    # The registry name is served as the mirror's file made dynamic into the cache.
+    made = dynamic_path(MODEL, info.model_sha256, tmp_path / "home")
+    assert loaded and loaded[0]["model"] == str(made), loaded
 
 
 # --- SIGTERM ---------------------------------------------------------------------------------
@@ -365,7 +368,8 @@ def test_model_info(server: Server) -> None:
 def automatic_batching(backend: str, device: str) -> tuple[int, int, int]:
     """(max_batch, batch_workers, max_queue) a server with no batching settings runs with."""
     on_gpu = backend == "tensorrt" or (backend == "torch" and device.startswith("cuda"))
-    return (64, 3, 1024) if on_gpu else (8, 1, 256)
+    automatic = ON_GPU if on_gpu else ON_CPU
+    return automatic.max_batch, automatic.batch_workers, automatic.max_queue
 
 
 def loaded_batching(server: Server) -> tuple[int, int, int]:
@@ -380,7 +384,7 @@ def test_batching_settings_left_automatic_follow_where_the_model_runs(server: Se
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     expected = automatic_batching(info.backend, info.execution_provider)
     if info.backend == "onnxruntime":
-        assert expected == (8, 1, 256)
+        assert expected == (8, usable_cpus(), 256)  # a batch in flight per CPU
     assert loaded_batching(server) == expected
     assert (info.max_batch, info.limits.max_queue) == (expected[0], expected[2])
 

@@ -132,7 +132,7 @@ def test_engine_and_front_ends_do_not_grow_over_20000_requests(start_torch_serve
     total0, total1 = sum(before.values()), sum(after.values())
     assert total1 <= total0 * 1.02, f"the server's host RSS grew {total0} -> {total1} KiB"
     # Each process too, so the engine's 2.6 GB cannot hide a front end's leak; but a ~120 MB
-    # front end's RSS moves by a few MB either way with its allocator's free lists (run U: -8.5
+    # front end's RSS moves by a few MB either way with its allocator's free lists (measured: -8.5
     # and +4.4 MB), so it may move 8 MiB: a leak of 0.8 KB a frame (10,000 frames each) shows.
     for pid, rss in before.items():
         allowed = max(rss * 1.02, rss + 8 * 1024)

@@ -70,7 +70,7 @@ def recv_message(sock: socket.socket) -> Frame:
         )
     body = _recv_exact(sock, body_len)
     # np.empty, not bytearray: zero-filling megabytes per batch held the GIL for a fifth of the
-    # engine's GIL time (py-spy, run K).
+    # engine's GIL time (py-spy; docs/benchmarks.md, third pass).
     whole = memoryview(np.empty(sum(lengths), np.uint8).data).cast("B")
     _recv_into(sock, whole)
     views, offset = [], 0

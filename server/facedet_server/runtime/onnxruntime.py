@@ -32,6 +32,10 @@ class OnnxRuntimeBackend:
             inputs[0].name,
             [o.name for o in outputs],
         )
+        if "rewritten_by" in self.spec.extra:
+            # A rewrite of a pinned file (its shapes made dynamic) is that model: it is named by
+            # the sha256 users pin and the registry checks, as a TensorRT plan is by its ONNX.
+            self.model_sha256 = self.spec.source_sha256
         # A model with a fixed batch axis runs each image on its own; the batcher still groups
         # requests so one queue serialises the work.
         self.max_batch = max_batch

@@ -91,7 +91,7 @@ def letterbox_batch(
             # Whole-number shrink factors (720p, 1080p and 4K frames to 640x360): INTER_AREA is
             # then a plain box average, one cheap pooling kernel instead of two matrix products.
             # (Summing uint8 blocks straight to float32 instead measured slower on the H200:
-            # torch's generic reduction is poor at a 2x2 window; run Y, docs/benchmarks.md.)
+            # torch's generic reduction is poor at a 2x2 window; docs/benchmarks.md, fifth pass.)
             kernel = (h // new_h, w // new_w)
             resized = F.avg_pool2d(stacked.float(), kernel, kernel).round_()
         elif new_w < w:
