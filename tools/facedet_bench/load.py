@@ -615,11 +615,20 @@ def serve_argv(config: server_config.ServerConfig, listen: str) -> list[str]:
 
 @contextlib.contextmanager
 def spawned_server(config: server_config.ServerConfig, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
-    """A `facedet serve` subprocess on a free loopback port: yields (target, pid)."""
-    target = f"127.0.0.1:{free_port()}"
+    """A `facedet serve` subprocess on a free loopback port, with `config`'s settings as flags:
+    yields (target, pid)."""
     config = replace(config, log_level="warning", summary_interval=0.0, log_format="json")
+    with spawned(lambda target: serve_argv(config, target), timeout) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def spawned(argv_for: Callable[[str], list[str]], timeout: float = 120.0) -> Iterator[tuple[str, int]]:
+    """The server `argv_for(target)` starts, on a free loopback port, once it is SERVING:
+    yields (target, pid); terminated on exit."""
+    target = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(serve_argv(config, target), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv_for(target), stdout=log, stderr=subprocess.STDOUT)
         try:
             with FaceDetectorClient(target) as client:
                 deadline = time.monotonic() + timeout

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shlex
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from facedet_server.model.files import resolve_model
 from facedet_server.model.spec import UPSTREAM_YOLOV5N_05
 from facedet_server.tensor.letterbox import Letterbox
 
-from facedet_bench.load import Load, Report, free_port, grpc_run, machine
+from facedet_bench.load import Load, Report, grpc_run, machine, spawned
 
 SIZE = 640
 
@@ -104,36 +101,15 @@ def run_reference(model: Path, data: bytes, threads: int, warmup: float, duratio
     return Measured(len(flat) / duration, float(np.percentile(flat, 50)) * 1000, faces)
 
 
-@contextlib.contextmanager
-def default_server(extra: Sequence[str] = (), timeout: float = 180.0) -> Iterator[tuple[str, int]]:
+def default_server(extra: Sequence[str] = (), timeout: float = 180.0) -> Any:
     """`facedet serve` with no flags but its address (and `extra`, to compare other layouts):
     what a user gets out of the box."""
-    from facedet.client import FaceDetectorClient, FaceDetectorError
 
-    target = f"127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "facedet.cli", "serve", "--listen", target, "--summary-interval", "0"]
-    argv += extra
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            with FaceDetectorClient(target) as client:
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        client.wait_until_serving(1.0)
-                        break
-                    except FaceDetectorError:
-                        if process.poll() is not None or time.monotonic() > deadline:
-                            log.seek(0)
-                            raise RuntimeError(f"the server did not start; its log:\n{log.read()}") from None
-            yield target, process.pid
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    def argv(target: str) -> list[str]:
+        serve = [sys.executable, "-m", "facedet.cli", "serve", "--listen", target]
+        return [*serve, "--summary-interval", "0", *extra]
+
+    return spawned(argv, timeout)
 
 
 def request_bytes(data: bytes) -> bytes:
