@@ -373,3 +373,12 @@ def open_channels(target: str, count: int) -> Iterator[list[grpc.Channel]]:
         yield [
             stack.enter_context(grpc.insecure_channel(target, options=CHANNEL_OPTIONS)) for _ in range(count)
         ]
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """A loopback port that accepts connections (the kernel does) and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"

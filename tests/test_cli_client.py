@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ import pytest
 from facedet.cli import main
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from facedet_test_support import SHARED, ServerFactory, free_port, run_cli
+from facedet_test_support import SHARED, ServerFactory, free_port, run_cli, silent_listener
 from google.protobuf.json_format import MessageToDict
 
 IMAGES = SHARED / "images"
@@ -34,15 +31,6 @@ def server(module_server_factory: ServerFactory) -> tuple[str, str]:
     """(tcp target, unix target) of one `facedet serve` subprocess (tests/conftest.py's Server)."""
     running = module_server_factory("--summary-interval", "0", "--log-level", "warning")
     return running.target, running.unix_target
-
-
-@contextlib.contextmanager
-def silent_listener() -> Iterator[str]:
-    """A loopback port that accepts connections (the kernel does) and never says a word."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
 
 
 def without_timing(message: dict[str, object]) -> dict[str, object]:

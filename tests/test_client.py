@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,7 +33,7 @@ from facedet.client.channel import (
 from facedet.client.image_files import JPEG_MAGIC, PNG_MAGIC
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from facedet_test_support import SHARED, ServerFactory, free_port
+from facedet_test_support import SHARED, ServerFactory, free_port, silent_listener
 from grpc_health.v1 import health_pb2
 
 ZIDANE = SHARED / "images" / "zidane.jpg"
@@ -56,15 +54,6 @@ def server(module_server_factory: ServerFactory) -> tuple[str, str]:
 def client(server: tuple[str, str]) -> Iterator[FaceDetectorClient]:
     with FaceDetectorClient(server[0], timeout=30) as c:
         yield c
-
-
-@contextlib.contextmanager
-def silent_listener() -> Iterator[str]:
-    """A loopback port that accepts connections (the kernel does) and never says a word."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
 
 
 def read(path: Path, flags: int = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) -> np.ndarray:
