@@ -13,18 +13,24 @@ endif
 export FACEDET_SHARED ?= $(SHARED)
 # CPU-only PyTorch for the converter tests; any other spec pulls several GB of CUDA packages.
 TORCH_CPU ?= torch==2.13.0
+# buf (proto lint and breaking-change check) from npm, which ships the binary; pinned, installed
+# once per checkout under build/tools (ignored).
+BUF_VERSION ?= 1.75.0
+TOOLS := build/tools
+BUF := $(TOOLS)/node_modules/.bin/buf
 # Our packages sit in several folders (clients/python, server, ...), so an editable install
 # cannot be a plain path entry: setuptools installs an import hook instead, and says so in a box
 # of asterisks on every install ("Editable installation. Please be careful with folders ...").
 # That is the layout working as designed; this silences that one message and nothing else.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
-.PHONY: help setup setup-dev serve test lint typecheck unit proto bench clean
+.PHONY: help setup setup-dev serve test lint typecheck unit proto proto-lint proto-baseline bench clean
 
 help:
 	@echo "make serve   - set up, fetch the model into the cache if missing, serve on 0.0.0.0:50051"
 	@echo "make test    - set up (with dev tools), lint, type-check, run every test"
 	@echo "make proto   - regenerate clients/python/facedet/v1 from proto/"
+	@echo "make proto-lint - buf lint proto/, and buf breaking against the released v1 (docs/api.md)"
 	@echo "make bench   - CPU benchmark: through gRPC vs in-process (docs/benchmarks.md)"
 
 $(BIN)/python:
@@ -50,7 +56,7 @@ serve: setup
 	$(BIN)/facedet models pull yolov5n-0.5
 	$(BIN)/facedet serve $(SERVE_ARGS)
 
-lint: setup-dev
+lint: setup-dev proto-lint
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
@@ -64,8 +70,22 @@ test: setup-dev lint typecheck
 proto: setup-dev
 	$(BIN)/python proto/gen_python.py
 
+# The stamp names the version, so changing BUF_VERSION reinstalls.
+$(TOOLS)/.buf-$(BUF_VERSION):
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error @bufbuild/buf@$(BUF_VERSION)
+	@touch $@
+
+# proto/v1-baseline.binpb is the released v1 contract; the working .proto must stay compatible.
+proto-lint: $(TOOLS)/.buf-$(BUF_VERSION)
+	$(BUF) lint proto
+	$(BUF) breaking proto --against proto/v1-baseline.binpb
+
+# Only when releasing a new (compatible) version of the API: what it adds is then protected too.
+proto-baseline: proto-lint
+	$(BUF) build proto --exclude-source-info -o proto/v1-baseline.binpb
+
 bench: setup-dev
 	$(BIN)/facedet bench --compare --image $(SHARED)/images/zidane.jpg --concurrency 1,4,16 --duration 10
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+module github.com/facedet/facedet/clients/go
+
+go 1.19
