@@ -3,6 +3,8 @@ the same server answers a normal request right after it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import struct
@@ -16,16 +18,20 @@ import pytest
 import simplejpeg
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from facedet_test_support import EXPECTED_FACES, Server, ServerFactory, image_bytes
+from facedet_server.transport.grpc.servicer import core_receive_limit, oversize_bytes
+from facedet_test_support import EXPECTED_FACES, Server, ServerFactory, image_bytes, wait_for
 
 MAX_MESSAGE = 1024 * 1024  # the bad-input server's --max-message-bytes
+CORE_LIMIT = 2 * MAX_MESSAGE  # what gRPC core itself accepts there (core_receive_limit)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @pytest.fixture(scope="module")
 def bad_input_server(module_server_factory: ServerFactory) -> Server:
-    return module_server_factory("--max-message-bytes", str(MAX_MESSAGE), unix=False, name="bad-input")
+    return module_server_factory(
+        "--max-message-bytes", str(MAX_MESSAGE), "--summary-interval", "0.5", unix=False, name="bad-input"
+    )
 
 
 @pytest.fixture
@@ -78,6 +84,16 @@ def png_claiming(width: int, height: int) -> bytes:
     data = png_bytes()
     assert data[12:16] == b"IHDR"
     return data[:16] + struct.pack(">II", width, height) + data[24:]
+
+
+def over_limit() -> bytes:
+    """An image a little over --max-message-bytes, within the core's margin: the servicer refuses it."""
+    return image_bytes("zidane.jpg") + b"\x00" * MAX_MESSAGE
+
+
+def over_core_limit() -> bytes:
+    """Far over the margin too: gRPC core refuses it from its length prefix, unread."""
+    return b"\x00" * (2 * CORE_LIMIT)
 
 
 def zidane_half() -> bytes:
@@ -154,9 +170,12 @@ CASES: dict[str, Case] = {
         lambda: raw(64, 48, cast(pb.PixelFormat, 42), size=64 * 48 * 3), INVALID, ("format",)
     ),
     "over-size-message": Case(
-        lambda: pb.DetectFacesRequest(encoded=image_bytes("zidane.jpg") + b"\x00" * (2 * MAX_MESSAGE)),
+        lambda: pb.DetectFacesRequest(encoded=over_limit()),
         EXHAUSTED,
-        ("larger", "max", "size"),
+        (f"--max-message-bytes {MAX_MESSAGE}",),
+    ),
+    "over-core-size-message": Case(
+        lambda: pb.DetectFacesRequest(encoded=over_core_limit()), EXHAUSTED, ("larger than max",)
     ),
     "negative-min-confidence": Case(lambda: with_options(min_confidence=-0.1), INVALID, ("min_confidence",)),
     "nan-min-confidence": Case(lambda: with_options(min_confidence=math.nan), INVALID, ("min_confidence",)),
@@ -211,13 +230,107 @@ def test_bad_frame_in_stream(stub: pb_grpc.FaceDetectorStub, case_name: str) -> 
         assert len(r.faces) == EXPECTED_FACES["zidane.jpg"]
 
 
-def test_over_size_frame_ends_stream_with_resource_exhausted(stub: pb_grpc.FaceDetectorStub) -> None:
-    """An over-size message cannot be read, so it fails the stream itself; frames before it are
-    still answered."""
+# --- over --max-message-bytes -----------------------------------------------------------------
+
+
+def records_since(server: Server, start: int, event: str) -> list[dict[str, Any]]:
+    """The `event` records among log lines `start` on; the bad images make OpenCV write its own
+    (not JSON) warnings into the same stderr, which this skips."""
+    records = []
+    for line in server.log_lines()[start:]:
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if record.get("event") == event:
+                records.append(record)
+    return records
+
+
+def settled_log(server: Server) -> int:
+    """How many log lines there are once a summary line has been written after the calls so far
+    (each takes and resets the counters): summaries past that index count only later calls."""
+    start = len(server.log_lines())
+    wait_for(lambda: bool(records_since(server, start, "summary")), 10, "a summary")
+    return len(server.log_lines())
+
+
+def exhausted_counted(server: Server, start: int) -> int:
+    return sum(r["failed"].get("RESOURCE_EXHAUSTED", 0) for r in records_since(server, start, "summary"))
+
+
+def test_over_size_call_is_logged_and_counted(
+    bad_input_server: Server, stub: pb_grpc.FaceDetectorStub
+) -> None:
+    """Refused with the limit named, a warning names call, size, limit and peer, the summary
+    counts it, and calls in flight beside it are answered."""
+    start = settled_log(bad_input_server)
+    good = pb.DetectFacesRequest(encoded=image_bytes("zidane.jpg"), frame_id=7)
+    beside = [stub.DetectFaces.future(good, timeout=30) for _ in range(4)]
+    request = pb.DetectFacesRequest(encoded=over_limit(), frame_id=9)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.DetectFaces(request, timeout=30)
+    error: Any = info.value
+    assert error.code() == EXHAUSTED, f"{error.code()}: {error.details()}"
+    assert str(MAX_MESSAGE) in error.details() and str(request.ByteSize()) in error.details(), error.details()
+    for future in beside:
+        assert len(future.result().faces) == EXPECTED_FACES["zidane.jpg"]
+
+    (warning,) = records_since(bad_input_server, start, "message_too_large")
+    assert warning["level"] == "warning"
+    assert warning["rpc"] == "DetectFaces" and warning["frame_id"] == 9
+    assert (warning["bytes"], warning["limit"]) == (request.ByteSize(), MAX_MESSAGE)
+    assert warning["peer"].startswith("ipv4:127.0.0.1:")
+    wait_for(lambda: exhausted_counted(bad_input_server, start) >= 1, 10, "a summary counting it")
+    assert exhausted_counted(bad_input_server, start) == 1
+    assert_still_serves(stub)
+
+
+def test_over_size_frame_is_refused_and_the_stream_goes_on(
+    bad_input_server: Server, stub: pb_grpc.FaceDetectorStub
+) -> None:
+    start = settled_log(bad_input_server)
     good = image_bytes("zidane.jpg")
     requests = [
         pb.DetectFacesRequest(encoded=good, frame_id=1),
-        pb.DetectFacesRequest(encoded=good + b"\x00" * (2 * MAX_MESSAGE), frame_id=2),
+        pb.DetectFacesRequest(encoded=over_limit(), frame_id=2),
+        pb.DetectFacesRequest(encoded=good, frame_id=3),
+    ]
+    responses = list(stub.StreamDetectFaces(iter(requests), timeout=30))
+    assert [r.frame_id for r in responses] == [1, 2, 3]
+    assert responses[1].error.code == EXHAUSTED.value[0]
+    assert f"--max-message-bytes {MAX_MESSAGE}" in responses[1].error.message, responses[1].error.message
+    for r in (responses[0], responses[2]):
+        assert not r.HasField("error")
+        assert len(r.faces) == EXPECTED_FACES["zidane.jpg"]
+
+    (warning,) = records_since(bad_input_server, start, "message_too_large")
+    assert warning["rpc"] == "StreamDetectFaces" and warning["frame_id"] == 2
+    assert (warning["bytes"], warning["limit"]) == (requests[1].ByteSize(), MAX_MESSAGE)
+    wait_for(lambda: exhausted_counted(bad_input_server, start) >= 1, 10, "a summary counting it")
+    assert exhausted_counted(bad_input_server, start) == 1
+
+
+def test_over_core_limit_call_is_cut_by_grpc_unread(
+    bad_input_server: Server, stub: pb_grpc.FaceDetectorStub
+) -> None:
+    """Memory stays bounded: a message over the core's margin never reaches our code, so it
+    is neither logged nor counted (no hook sees it; the README says so)."""
+    start = len(bad_input_server.log_lines())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.DetectFaces(pb.DetectFacesRequest(encoded=over_core_limit()), timeout=30)
+    error: Any = info.value
+    assert error.code() == EXHAUSTED, f"{error.code()}: {error.details()}"
+    assert f"vs. {CORE_LIMIT})" in error.details(), error.details()
+    assert_still_serves(stub)
+    assert not records_since(bad_input_server, start, "message_too_large")
+
+
+def test_over_core_limit_frame_ends_stream_with_resource_exhausted(stub: pb_grpc.FaceDetectorStub) -> None:
+    """gRPC core cannot hand such a frame on, so it fails the stream itself; frames before it
+    are still answered."""
+    good = image_bytes("zidane.jpg")
+    requests = [
+        pb.DetectFacesRequest(encoded=good, frame_id=1),
+        pb.DetectFacesRequest(encoded=over_core_limit(), frame_id=2),
     ]
     answered: list[pb.DetectFacesResponse] = []
     with pytest.raises(grpc.RpcError) as info:
@@ -225,9 +338,32 @@ def test_over_size_frame_ends_stream_with_resource_exhausted(stub: pb_grpc.FaceD
             answered.append(response)
     error: Any = info.value
     assert error.code() == EXHAUSTED, f"{error.code()}: {error.details()}"
-    assert error.details()
+    assert f"vs. {CORE_LIMIT})" in error.details(), error.details()
     assert [r.frame_id for r in answered] in ([], [1])
     assert_still_serves(stub)
+
+
+def test_oversize_bytes_is_exact_at_the_limit_and_counts_unknown_fields() -> None:
+    limit = 10_000
+    at_limit = pb.DetectFacesRequest(encoded=b"x" * (limit - 5), frame_id=1)  # 3 + 2 bytes of framing
+    assert at_limit.ByteSize() == limit
+    assert oversize_bytes(at_limit, limit) is None
+    over = pb.DetectFacesRequest(encoded=b"x" * (limit - 4), frame_id=1)
+    assert oversize_bytes(over, limit) == limit + 1
+    raw = pb.DetectFacesRequest(raw=pb.RawImage(data=b"x" * limit))
+    assert oversize_bytes(raw, limit) == raw.ByteSize() == limit + 6
+    # A small image plus a large field this server does not know (number 99, length-delimited).
+    unknown = (
+        pb.DetectFacesRequest(encoded=b"x" * 100).SerializeToString() + b"\x9a\x06\x90\x4e" + b"u" * limit
+    )
+    assert oversize_bytes(pb.DetectFacesRequest.FromString(unknown), limit) == len(unknown)
+
+
+def test_core_receive_limit_is_a_bounded_margin() -> None:
+    mib = 1024 * 1024
+    assert core_receive_limit(16 * mib) == 32 * mib
+    assert core_receive_limit(1024 * mib) == 1088 * mib
+    assert core_receive_limit(2**31) == 2**31 - 1
 
 
 def test_sof_patch_really_claims_the_size() -> None:

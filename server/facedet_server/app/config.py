@@ -171,7 +171,8 @@ class ServerConfig:
     )
     max_message_bytes: int = setting(
         16 * 1024 * 1024,
-        "largest request message; larger gets RESOURCE_EXHAUSTED",
+        "largest request message; larger gets RESOURCE_EXHAUSTED, logged and counted, except past "
+        "twice this (at most 64 MiB more), which gRPC itself cuts unread and unlogged",
         TRANSPORT,
         bounds=POSITIVE,
     )

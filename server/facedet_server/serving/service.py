@@ -129,6 +129,11 @@ class DetectionService(Generic[P]):
         self.stats.latencies_us.append(detection.timing.total_us)
         return detection
 
+    def record_rejection(self, error: DetectError) -> None:
+        """Count a request the transport refused before `detect` (over the message size limit),
+        so the summary's failures by status include it."""
+        self.stats.failed[error.code.value] += 1
+
     def take_stats(self) -> Stats:
         stats, self.stats = self.stats, Stats()
         return stats

@@ -1,5 +1,6 @@
 """The FaceDetector gRPC servicer: proto in, DetectionService, proto out. No logic of its own
-beyond mapping errors to statuses and keeping stream responses in request order."""
+beyond mapping errors to statuses, keeping stream responses in request order and refusing
+messages over --max-message-bytes (visibly: gRPC core's own refusal is neither logged nor counted)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import grpc
 import structlog
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from facedet_server import __version__
 from facedet_server.errors import Code, DetectError, Unavailable
@@ -25,6 +28,46 @@ from facedet_server.transport.grpc.messages import (
 log = structlog.get_logger("facedet.servicer")
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# gRPC core's own receive limit sits this far above --max-message-bytes (twice it, at most this
+# much more): a message a little over the limit reaches the servicer, which can log, count and
+# refuse it, while the core still cuts one far over it from its length prefix, unbuffered.
+CORE_MARGIN_MAX = 64 * 1024 * 1024
+_INT32_MAX = 2**31 - 1  # gRPC's message length limits are C ints
+# Wire bytes a DetectFacesRequest spends on everything but its image bytes, at most: field tags,
+# length prefixes, RawImage's header, the options and frame_id at their longest (71 in all).
+_NON_IMAGE_BYTES_MAX = 128
+
+
+def core_receive_limit(max_message_bytes: int) -> int:
+    """The `grpc.max_receive_message_length` for a server whose servicer enforces
+    `max_message_bytes`; above it gRPC answers RESOURCE_EXHAUSTED before any code of ours runs."""
+    margin = min(max_message_bytes, CORE_MARGIN_MAX)
+    return min(max_message_bytes + margin, _INT32_MAX)
+
+
+def _has_unknown_fields(message: Message) -> bool:
+    return len(UnknownFieldSet(message)) > 0
+
+
+def oversize_bytes(request: pb.DetectFacesRequest, limit: int) -> int | None:
+    """The request's encoded size when it is over `limit`, else None. Encoding it (ByteSize)
+    copies the whole message, about 1 ms per MiB, so it runs only where the image bytes cannot
+    decide alone: near the limit, or with unknown fields (a newer client's), which count too."""
+    image_bytes = len(request.encoded) + len(request.raw.data)
+    unknown = (
+        _has_unknown_fields(request)
+        or (request.HasField("raw") and _has_unknown_fields(request.raw))
+        or (request.HasField("options") and _has_unknown_fields(request.options))
+    )
+    if image_bytes + _NON_IMAGE_BYTES_MAX <= limit and not unknown:
+        return None
+    size = request.ByteSize()
+    return size if size > limit else None
+
+
+class MessageTooLarge(DetectError):
+    code = Code.RESOURCE_EXHAUSTED
+
 
 class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
     """Registered before the model loads (so ports open early); calls get UNAVAILABLE until
@@ -38,6 +81,30 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
     def ready(self, service: DetectionService[Any], info: pb.ModelInfo) -> None:
         self.service, self.model_info = service, info
 
+    def _refuse_oversize(self, request: pb.DetectFacesRequest, context: Context, rpc: str) -> None:
+        """Raises MessageTooLarge, logged and counted, for a request over the limit ModelInfo
+        advertises (gRPC core lets it through: see core_receive_limit). Before `ready` the call
+        is refused as UNAVAILABLE anyway."""
+        if self.service is None:
+            return
+        limit = self.model_info.limits.max_message_bytes
+        size = oversize_bytes(request, limit)
+        if size is None:
+            return
+        log.warning(
+            "message_too_large",
+            rpc=rpc,
+            frame_id=request.frame_id,
+            bytes=size,
+            limit=limit,
+            peer=context.peer(),
+        )
+        error = MessageTooLarge(
+            f"request message of {size} bytes is larger than the server's max (--max-message-bytes {limit})"
+        )
+        self.service.record_rejection(error)
+        raise error
+
     async def _detect(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
         if self.service is None:
             raise Unavailable("the model is still loading; wait for the health check to report SERVING")
@@ -46,6 +113,10 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         return detection_to_response(detection, request.frame_id)
 
     async def DetectFaces(self, request: pb.DetectFacesRequest, context: Context) -> pb.DetectFacesResponse:
+        try:
+            self._refuse_oversize(request, context, "DetectFaces")
+        except MessageTooLarge as exc:  # already logged
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
         try:
             return await self._detect(request)
         except DetectError as exc:
@@ -56,8 +127,12 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         raise AssertionError("unreachable: abort raises")
 
-    async def _detect_frame(self, request: pb.DetectFacesRequest) -> pb.DetectFacesResponse:
+    async def _detect_frame(self, request: pb.DetectFacesRequest, context: Context) -> pb.DetectFacesResponse:
         """One stream frame; failures become a response with `error`, never a broken stream."""
+        try:
+            self._refuse_oversize(request, context, "StreamDetectFaces")
+        except MessageTooLarge as exc:  # already logged
+            return error_response(exc.code.value, exc.message, request.frame_id)
         try:
             return await self._detect(request)
         except DetectError as exc:
@@ -86,7 +161,7 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await pending.put(asyncio.create_task(self._detect_frame(request)))
+                    await pending.put(asyncio.create_task(self._detect_frame(request, context)))
             finally:
                 await pending.put(None)
 
@@ -94,7 +169,10 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         try:
             while (task := await pending.get()) is not None:
                 yield await task
-            await reader  # surfaces a read error (e.g. an over-size message) as the call's status
+            # Surfaces a read error as the call's status. A message over core_receive_limit is
+            # not one: gRPC ends the request iterator as if the client had half-closed, then
+            # fails the call with RESOURCE_EXHAUSTED itself, so no code of ours sees it.
+            await reader
         finally:
             reader.cancel()
             while not pending.empty():
