@@ -62,8 +62,8 @@ def _models(args: argparse.Namespace) -> int:
 
     if args.models_command == "list":
         for entry in modelfiles.REGISTRY.values():
-            cached = modelfiles.cache_path(entry)
-            state = "cached" if cached.is_file() else "not cached"
+            cached = all(modelfiles.cache_path(file).is_file() for file in entry.files)
+            state = "cached" if cached else "not cached"
             print(f"{entry.name}\t{entry.filename}\t{state}\t{entry.license}\t{entry.url}")
         return 0
     try:
@@ -73,6 +73,15 @@ def _models(args: argparse.Namespace) -> int:
         return 1
     print(path)
     if args.export:
+        if modelfiles.REGISTRY[args.name].format == "ncnn":
+            from facedet_server.app.server import converted_ncnn
+
+            try:
+                print(converted_ncnn(path))
+            except modelfiles.ModelFileError as exc:
+                print(f"facedet models pull --export: {exc}", file=sys.stderr)
+                return 1
+            return 0
         try:
             # The converter sits above the server (it imports the model description from here),
             # so it is asked for by name, the way the facedet command finds its command groups.
@@ -103,7 +112,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Looks in $FACEDET_MODEL_DIR first (an offline mirror), then the cache, then downloads "
         "from the pinned URL; a file whose sha256 differs is refused.",
     )
-    pull.add_argument("name", help="model name, e.g. yolov5n-0.5")
+    pull.add_argument("name", help="model name, e.g. yolov5n-0.5 or yolov5n-face")
     pull.add_argument("--url", help="download from this URL instead of the pinned one (same sha256 required)")
     pull.add_argument(
         "--export",
@@ -111,4 +120,3 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="also convert it to our dynamic-shape ONNX (needs facedet[convert])",
     )
     models.set_defaults(func=_models)
-

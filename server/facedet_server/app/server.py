@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -29,14 +30,20 @@ from facedet_server import __version__
 from facedet_server.app.config import ServerConfig, listen_addresses, non_default, resolve_automatic
 from facedet_server.app.memory import trim_periodically
 from facedet_server.faces.options import Options
-from facedet_server.model.files import resolve_model
+from facedet_server.model.files import (
+    ModelFileError,
+    exported_path,
+    registry_entry_at,
+    resolve_model,
+    sha256_of,
+)
 from facedet_server.pipeline.base import Limits, Pipeline
 from facedet_server.pipeline.host import HostPipeline
 from facedet_server.runtime import choose_backend, load_backend
 from facedet_server.serving.batcher import BatcherConfig
 from facedet_server.serving.service import DetectionService
 from facedet_server.transport.grpc.health import SERVING, HealthService
-from facedet_server.transport.grpc.servicer import FaceDetectorServicer, model_info
+from facedet_server.transport.grpc.servicer import FaceDetectorServicer, core_receive_limit, model_info
 
 log = structlog.get_logger("facedet.server")
 
@@ -57,6 +64,60 @@ def resolve_for_model(config: ServerConfig, model_path: Path) -> ServerConfig:
     return resolve_automatic(replace(config, backend=backend), backend, config.device)
 
 
+def runnable_model(backend: str, model_path: Path, home: Path | None = None) -> Path:
+    """The file `backend` loads for `model_path`: the file itself, except an ncnn model (.param,
+    e.g. yolov5n-face) on ONNX Runtime, which runs our ONNX export of it (`converted_ncnn`).
+    The torch runtime reads the .param directly."""
+    if backend != "onnxruntime" or model_path.suffix != ".param":
+        return model_path
+    return converted_ncnn(model_path, home)
+
+
+def converted_ncnn(param: Path, home: Path | None = None) -> Path:
+    """Our dynamic-shape ONNX export of an ncnn model (`param` and the .bin beside it), made once
+    into $FACEDET_HOME/models/exported/ under the .bin's sha256 and reused while the converter
+    that made it says it is current. Converting needs torch; without it, ModelFileError says
+    what to install. The converter sits above the server, so it is asked for by name."""
+    entry = registry_entry_at(param)
+    what = entry.name if entry is not None else param.name
+    weights = param.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelFileError(f"{param} is an ncnn model, but its weights {weights} are missing")
+    sha = sha256_of(weights)
+    target = exported_path(param, sha, home)
+    # Checked before it takes the cache's name: a failed check must not leave a file that a
+    # later start would take for a finished conversion.
+    checking = target.with_name(f"{target.stem}.{os.getpid()}.checking.onnx")  # one per process
+    try:
+        cache = importlib.import_module("facedet_converter.cache")
+        if cache.is_current(target, sha):
+            return target
+        export = importlib.import_module("facedet_converter.export")  # imports torch
+        from facedet_server.runtime.torch_model import load_network
+
+        log.info("model_converting", model=what, source=str(param), path=str(target))
+        started = time.perf_counter()
+        model = load_network(param)
+        export.export_onnx(model, checking, export.spec_for_weights(model, param))
+        export.check_onnx(checking, model, ((1, 3, 640, 640), (2, 3, 384, 640)))
+        checking.replace(target)
+    except ImportError as exc:
+        raise ModelFileError(
+            f"{what} on the CPU needs a one-time conversion to ONNX, and converting needs torch "
+            f"(missing: {exc.name}): pip install torch, or from the checkout pip install -e '.[convert]'; "
+            "or pass --model an ONNX converted elsewhere (facedet convert --weights "
+            f"{param.name} --onnx OUT.onnx)"
+        ) from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(
+            f"could not convert {what} ({param}) to ONNX in {target.parent}: {exc}"
+        ) from None
+    finally:
+        checking.unlink(missing_ok=True)
+    log.info("model_converted", model=what, path=str(target), seconds=round(time.perf_counter() - started, 1))
+    return target
+
+
 def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline[Any]:
     """The model and the pre/post-processing around it, in this process. `config` is one
     `resolve_for_model` returned: the backend's batch size must be known before it loads.
@@ -67,7 +128,7 @@ def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline[Any]:
         )
     backend = load_backend(
         config.backend,
-        model_path,
+        runnable_model(config.backend, model_path),
         max_batch=config.max_batch,
         intra_op_threads=config.intra_op_threads,
         inter_op_threads=config.inter_op_threads,
@@ -104,7 +165,9 @@ def build_service(config: ServerConfig, detector: Pipeline[Any]) -> DetectionSer
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # The servicer enforces --max-message-bytes itself, so that a refusal is logged and
+        # counted; the core's limit, a bounded margin above it, keeps memory bounded.
+        ("grpc.max_receive_message_length", core_receive_limit(config.max_message_bytes)),
         ("grpc.max_send_message_length", config.max_message_bytes),
         # Only on request: several front-end processes may share one port (--processes), but a
         # server started on a port another one holds must fail, not split its traffic.

@@ -23,7 +23,7 @@ def choose_backend(requested: str, model_path: Path) -> tuple[str, str]:
         return requested, "requested"
     if model_path.suffix in (".plan", ".engine"):
         return "tensorrt", f"{model_path.name} is a TensorRT engine"
-    if model_path.suffix == ".onnx" and _cuda_available():
+    if model_path.suffix in (".onnx", ".param") and _cuda_available():  # .param: an ncnn model
         return "torch", "a CUDA GPU and torch are present"
     return "onnxruntime", "no TensorRT engine given and no CUDA GPU with torch; running on the CPU"
 
