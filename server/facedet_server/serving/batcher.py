@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from facedet_server.errors import Overloaded, Unavailable
 
@@ -31,6 +31,24 @@ class BatcherConfig:
     workers: int  # batches in flight at once (2+ overlaps host work with a GPU batch)
 
 
+class BatchObserver(Protocol):
+    """What the batcher reports as it runs (the server's metrics)."""
+
+    def queued(self, depth: int) -> None: ...
+
+    def batch_started(self, size: int, depth: int) -> None: ...
+
+
+class Unobserved:
+    """The default BatchObserver: reports go nowhere."""
+
+    def queued(self, depth: int) -> None:
+        pass
+
+    def batch_started(self, size: int, depth: int) -> None:
+        pass
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     item: T
@@ -45,6 +63,7 @@ class Batcher(Generic[T, R]):
         executor: Executor,
         config: BatcherConfig,
         on_start: Callable[[T, float], None] | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         """`process` maps a batch to results of the same length (an exception in a slot fails
         only that item), or raises to fail the whole batch.
@@ -55,6 +74,7 @@ class Batcher(Generic[T, R]):
         self._executor = executor
         self.config = config
         self._on_start = on_start
+        self._observer = observer or Unobserved()
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
@@ -88,6 +108,7 @@ class Batcher(Generic[T, R]):
         self._queue.put_nowait(_Pending(item, future, time.perf_counter()))
         self._outstanding += 1
         self._idle.clear()
+        self._observer.queued(self._queue.qsize())
         return await future
 
     async def _next_batch(self) -> list[_Pending[T, R]]:
@@ -128,6 +149,7 @@ class Batcher(Generic[T, R]):
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()
         self._running += 1
+        self._observer.batch_started(len(batch), self._queue.qsize())
         if self._on_start is not None:
             for p in batch:
                 self._on_start(p.item, started - p.enqueued)

@@ -11,15 +11,15 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic
+from typing import Generic, Protocol
 
 import numpy as np
 
 from facedet_server.errors import DetectError
 from facedet_server.faces.options import Options, resolve_options
 from facedet_server.image.inputs import ImageInput
-from facedet_server.pipeline.base import Detection, P, Pipeline
-from facedet_server.serving.batcher import Batcher, BatcherConfig
+from facedet_server.pipeline.base import Detection, P, Pipeline, Timing
+from facedet_server.serving.batcher import Batcher, BatcherConfig, BatchObserver, Unobserved
 
 
 @dataclass
@@ -43,6 +43,18 @@ class Stats:
         }
 
 
+class ServiceMetrics(BatchObserver, Protocol):
+    """What the service reports (the server's metrics): its batcher's reports, and each answered
+    image's stage times."""
+
+    def detected(self, timing: Timing) -> None: ...
+
+
+class NoServiceMetrics(Unobserved):
+    def detected(self, timing: Timing) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class RequestOptions:
     """Options as a request carries them: zero means the server default."""
@@ -64,8 +76,10 @@ class DetectionService(Generic[P]):
         batcher_config: BatcherConfig,
         defaults: Options,
         decode_threads: int = 0,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.metrics = metrics or NoServiceMetrics()
         self.defaults = defaults
         self.decode_pool = ThreadPoolExecutor(
             decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
@@ -73,7 +87,7 @@ class DetectionService(Generic[P]):
         # One thread per batch worker: the backend runs there, never on the event loop.
         self.infer_pool = ThreadPoolExecutor(batcher_config.workers, thread_name_prefix="infer")
         self.batcher: Batcher[P, Detection] = Batcher(
-            self._infer, self.infer_pool, batcher_config, on_start=self._record_queue
+            self._infer, self.infer_pool, batcher_config, on_start=self._record_queue, observer=self.metrics
         )
         self.stats = Stats()
 
@@ -127,6 +141,7 @@ class DetectionService(Generic[P]):
         detection.timing.total_us = int((time.perf_counter() - start) * 1e6)
         self.stats.ok += 1
         self.stats.latencies_us.append(detection.timing.total_us)
+        self.metrics.detected(detection.timing)
         return detection
 
     def record_rejection(self, error: DetectError) -> None:
