@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -382,3 +383,65 @@ def silent_listener() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+# The shell commands of a document (README.md, docs/grpcurl.md), for the tests that run them as
+# written.
+
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
+
+
+def shell_commands(text: str) -> list[str]:
+    """The commands of every ```sh block in `text`: comment lines dropped, a line ending in `|`
+    joined with the next, one ending in a backslash too (less the backslash), and a line opening
+    a here-document (`<<EOF`) kept with the document's lines up to its terminator, newlines and
+    all."""
+    commands: list[str] = []
+    for block in re.findall(r"^```sh\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL):
+        lines = iter(block.splitlines())
+        pending = ""
+        for line in lines:
+            if not pending and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            pending += line.strip() if pending else line
+            if pending.endswith("|"):
+                pending += " "
+                continue
+            if pending.endswith("\\"):
+                pending = pending[:-1].rstrip() + " "
+                continue
+            heredoc = _HEREDOC.search(without_comment(line))
+            if heredoc is not None:
+                pending = "\n".join([pending, *_heredoc_body(lines, heredoc[2], pending)])
+            commands.append(pending)
+            pending = ""
+        assert not pending, f"a command ends in a continuation: {pending!r}"
+    return commands
+
+
+def _heredoc_body(lines: Iterator[str], terminator: str, command: str) -> list[str]:
+    """The lines of a here-document, its terminator line included, taken from `lines`."""
+    body = []
+    for line in lines:
+        body.append(line)
+        if line.strip() == terminator:
+            return body
+    raise AssertionError(f"a here-document has no {terminator} line: {command!r}")
+
+
+def without_comment(command: str) -> str:
+    """`command` without its trailing `# ...` (a # outside quotes, after a blank)."""
+    quote, escaped = "", False
+    for i, char in enumerate(command):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or command[i - 1].isspace()):
+            return command[:i].rstrip()
+    return command.rstrip()

@@ -43,7 +43,9 @@ from facedet_test_support import (
     free_port,
     health_status,
     require,
+    shell_commands,
     wait_for,
+    without_comment,
 )
 from grpc_health.v1 import health_pb2
 
@@ -56,43 +58,6 @@ def section(text: str, title: str) -> str:
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end >= 0 else len(text)]
-
-
-def shell_commands(text: str) -> list[str]:
-    """The commands of every ```sh block in `text`: comment lines dropped, a line ending in `|`
-    or a backslash joined with the next."""
-    commands: list[str] = []
-    for block in re.findall(r"^```sh\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL):
-        pending = ""
-        for line in block.splitlines():
-            if not pending and (not line.strip() or line.lstrip().startswith("#")):
-                continue
-            pending += line.strip() if pending else line
-            if pending.endswith(("|", "\\")):
-                pending += " "
-                continue
-            commands.append(pending)
-            pending = ""
-        assert not pending, f"a README command ends in a continuation: {pending!r}"
-    return commands
-
-
-def without_comment(command: str) -> str:
-    """`command` without its trailing `# ...` (a # outside quotes, after a blank)."""
-    quote, escaped = "", False
-    for i, char in enumerate(command):
-        if escaped:
-            escaped = False
-        elif char == "\\" and quote != "'":
-            escaped = True
-        elif quote:
-            if char == quote:
-                quote = ""
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (i == 0 or command[i - 1].isspace()):
-            return command[:i].rstrip()
-    return command.rstrip()
 
 
 README_TEXT = README.read_text()
