@@ -33,7 +33,10 @@ REQUEST_LIMITS = Group("limits", "what one request may ask for, and the defaults
 BATCHING = Group("batching", "how requests are grouped into model runs")
 TOPOLOGY = Group("process topology", "gRPC front-end processes and the engine processes they feed")
 LOGGING = Group("logging and upkeep", "logs, summaries and memory")
-GROUPS: tuple[Group, ...] = (TRANSPORT, MODEL_AND_DEVICE, REQUEST_LIMITS, BATCHING, TOPOLOGY, LOGGING)
+SECURITY = Group("security", "TLS, client certificates, tokens and socket permissions (docs/security.md)")
+GROUPS: tuple[Group, ...] = (
+    TRANSPORT, SECURITY, MODEL_AND_DEVICE, REQUEST_LIMITS, BATCHING, TOPOLOGY, LOGGING
+)
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,40 @@ class ServerConfig:
         "children. Off by default, so a server started on a taken port fails instead of silently "
         "sharing it",
         TRANSPORT,
+    )
+
+    # security
+    tls_cert: str = setting(
+        "",
+        "PEM certificate chain: serve TLS on every TCP address (unix sockets stay plaintext, "
+        "guarded by their file mode); re-read on SIGHUP",
+        SECURITY,
+    )
+    tls_key: str = setting("", "PEM private key of --tls-cert; re-read on SIGHUP", SECURITY)
+    tls_client_ca: str = setting(
+        "",
+        "PEM CA bundle: with --tls-cert, clients must present a certificate it signed (mutual "
+        "TLS); re-read on SIGHUP",
+        SECURITY,
+    )
+    auth_token_file: str = setting(
+        "",
+        "file holding one bearer token: every call but grpc.health.v1.Health must send "
+        "`authorization: Bearer TOKEN` or gets UNAUTHENTICATED; re-read on SIGHUP",
+        SECURITY,
+    )
+    reflection: bool = setting(True, "serve gRPC server reflection (grpcurl list/describe)", SECURITY)
+    unix_socket_mode: str = setting(
+        "0660",
+        "octal file mode of each --listen unix socket, set right after binding (owner and group "
+        "may connect; never world-writable unless asked)",
+        SECURITY,
+    )
+    unix_socket_group: str = setting(
+        "",
+        "group (name or gid) given each --listen unix socket, so a client of another UID in "
+        "that group can connect (default: the process's group)",
+        SECURITY,
     )
 
     # model and device
@@ -390,6 +427,12 @@ class ServerConfig:
         LOGGING,
         bounds=NOT_NEGATIVE,
     )
+    metrics_listen: str = setting(
+        "",
+        "HOST:PORT to serve Prometheus metrics on (/metrics, plain HTTP; with --processes the "
+        "supervisor serves every process's, summed); empty = off",
+        LOGGING,
+    )
 
 
 @dataclass(frozen=True)
@@ -583,6 +626,7 @@ def validate(config: ServerConfig) -> None:
     if not config.listen:
         problems.append("at least one --listen address is needed")
     problems += _front_end_problems(config)
+    problems += security_problems(config)
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 
@@ -686,4 +730,25 @@ def _front_end_problems(config: ServerConfig) -> list[str]:
                 f"--front-end-listen gives front end {index} {', '.join(sorted(clash))}, "
                 "which --listen already has"
             )
+    return problems
+
+
+def socket_mode(text: str) -> int:
+    """--unix-socket-mode as a number: octal digits, with or without 0o ("0660", "660")."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+        raise ValueError(f"--unix-socket-mode {text!r} is not an octal file mode (e.g. 0660)")
+    return int(digits, 8)
+
+
+def security_problems(config: ServerConfig) -> list[str]:
+    problems = []
+    if bool(config.tls_cert) != bool(config.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+    try:
+        socket_mode(config.unix_socket_mode)
+    except ValueError as exc:
+        problems.append(str(exc))
     return problems

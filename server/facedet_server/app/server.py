@@ -29,6 +29,8 @@ from grpc_reflection.v1alpha import reflection
 from facedet_server import __version__
 from facedet_server.app.config import ServerConfig, listen_addresses, non_default, resolve_automatic
 from facedet_server.app.memory import trim_periodically
+from facedet_server.app.metrics import PrometheusMetrics, for_process, start_exporter
+from facedet_server.app.security import SecurityError, ServerSecurity
 from facedet_server.faces.options import Options
 from facedet_server.model.files import (
     ModelFileError,
@@ -152,7 +154,9 @@ def limits_for(config: ServerConfig) -> Limits:
     return Limits(max_pixels=config.max_pixels, max_faces=config.max_faces)
 
 
-def build_service(config: ServerConfig, detector: Pipeline[Any]) -> DetectionService[Any]:
+def build_service(
+    config: ServerConfig, detector: Pipeline[Any], metrics: PrometheusMetrics | None = None
+) -> DetectionService[Any]:
     batcher_config = BatcherConfig(
         max_batch=config.max_batch,
         max_delay_ms=config.max_delay_ms,
@@ -160,7 +164,7 @@ def build_service(config: ServerConfig, detector: Pipeline[Any]) -> DetectionSer
         workers=config.batch_workers,
     )
     defaults = Options(config.min_confidence, config.iou_threshold, config.max_faces, 0.0)
-    return DetectionService(detector, batcher_config, defaults, config.decode_threads)
+    return DetectionService(detector, batcher_config, defaults, config.decode_threads, metrics)
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -189,18 +193,26 @@ async def _log_summaries(service: DetectionService[Any], interval: float) -> Non
 async def serve(config: ServerConfig) -> None:
     health_servicer = HealthService(["", SERVICE_NAME])
 
-    server = grpc.aio.server(options=grpc_options(config))
-    servicer = FaceDetectorServicer(config.stream_window)
+    try:
+        security = ServerSecurity(config)
+    except SecurityError as exc:
+        raise StartupError(str(exc)) from None
+    server = grpc.aio.server(options=grpc_options(config), interceptors=security.interceptors())
+    metrics = for_process(config.metrics_listen)
+    servicer = FaceDetectorServicer(config.stream_window, metrics)
     pb_grpc.add_FaceDetectorServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     # Ports normally open before the model loads, so orchestrators see NOT_SERVING rather than a
     # refused connection while a large model loads and warms up. Processes sharing a port
     # (--processes) open it only once warm: the kernel spreads connections over every process
     # bound to the port, and must not hand one to a process still loading.
     opens_early = not config.reuse_port
     if opens_early:
-        await _open_ports(server, config)
+        await _open_ports(server, config, security)
     log.info("settings", version=__version__, non_default=non_default(config))
 
     stop = asyncio.Event()
@@ -213,13 +225,15 @@ async def serve(config: ServerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    # SIGHUP re-reads the token and certificate files; new connections get the new ones.
+    loop.add_signal_handler(signal.SIGHUP, security.reload)
 
     started = time.perf_counter()
     try:
         # From here on `config` has its automatic settings filled in for where the model runs.
         pipeline, model_name, config = await asyncio.to_thread(_load_pipeline, config, aborted)
         sys.setswitchinterval(config.gil_switch_ms / 1000)
-        service = build_service(config, pipeline)
+        service = build_service(config, pipeline, metrics)
         await asyncio.to_thread(service.warm_up)
     except BaseException:
         if opens_early:  # close the ports while the event loop that serves them still runs
@@ -228,6 +242,9 @@ async def serve(config: ServerConfig) -> None:
     service.start()
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)
+    if metrics is not None:
+        size = f"{info.input_width}x{info.input_height}"
+        metrics.model_loaded(info.name, info.backend, size, info.version)
     if stop.is_set():  # SIGTERM arrived while loading: never claim SERVING
         if not opens_early:
             await server.start()  # stop() below expects a started server
@@ -248,7 +265,7 @@ async def serve(config: ServerConfig) -> None:
     )
     await health_servicer.set_all(SERVING)
     if not opens_early:
-        await _open_ports(server, config)
+        await _open_ports(server, config, security)
     log.info("serving", addresses=listen_addresses(config))
 
     background = []
@@ -256,8 +273,18 @@ async def serve(config: ServerConfig) -> None:
         background.append(asyncio.create_task(_log_summaries(service, config.summary_interval)))
     if config.memory_trim_interval > 0:
         background.append(asyncio.create_task(trim_periodically(config.memory_trim_interval)))
+    exporter = None
+    if metrics is not None and config.metrics_listen:
+        try:
+            exporter = start_exporter(config.metrics_listen, metrics.registry)
+        except (OSError, ValueError) as exc:
+            await _shut_down(server, health_servicer, service, config.grace_seconds)
+            raise StartupError(f"cannot serve metrics on {config.metrics_listen}: {exc}") from None
+        log.info("metrics_listening", address=config.metrics_listen)
     await stop.wait()
 
+    if exporter is not None:
+        exporter.stop()
     for task in background:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -286,11 +313,13 @@ def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipe
     return build_pipeline(resolved, model_path), str(model_path), resolved
 
 
-async def _open_ports(server: grpc.aio.Server, config: ServerConfig) -> None:
+async def _open_ports(server: grpc.aio.Server, config: ServerConfig, security: ServerSecurity) -> None:
     addresses = listen_addresses(config)
     for address in addresses:
         try:
-            port = server.add_insecure_port(address)
+            port = security.add_port(server, address)
+        except SecurityError as exc:
+            raise StartupError(str(exc)) from None
         except RuntimeError as exc:  # grpcio raises "Failed to bind" rather than returning 0
             raise StartupError(f"cannot listen on {address}: {exc}") from None
         if port == 0 and not address.startswith("unix:"):

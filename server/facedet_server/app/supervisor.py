@@ -62,6 +62,22 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
         )
         return 2
     base = [sys.executable, "-m", "facedet.cli", *argv, "--processes", "1", "--engines", "1"]
+    extra_env: dict[str, str] = {}
+    exporter, metrics_dir = None, None
+    if config.metrics_listen:
+        # The children record into one folder and this process serves it: one scrape, every process.
+        from facedet_server.app import metrics
+
+        metrics_dir = tempfile.mkdtemp(prefix="facedet-metrics-")
+        extra_env[metrics.MULTIPROCESS_ENV] = metrics_dir
+        try:
+            registry = metrics.multiprocess_registry(metrics_dir)
+            exporter = metrics.start_exporter(config.metrics_listen, registry)
+        except (OSError, ValueError) as exc:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            print(f"facedet serve: cannot serve metrics on {config.metrics_listen}: {exc}", file=sys.stderr)
+            return 1
+        base += ["--metrics-listen", ""]
     socket_dir = Path(tempfile.mkdtemp(prefix="facedet-engine-")) if use_engine else None  # mode 0700
     engines: list[subprocess.Popen[bytes]] = []
     children: list[subprocess.Popen[bytes]] = []
@@ -72,6 +88,8 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # SIGHUP reloads certificates and the token file, which the front ends serve with.
+    signal.signal(signal.SIGHUP, forward)
     try:
         shared = ["--reuse-port", "true"] if config.processes > 1 else []
         # Each front end knows its index: --front-end-listen gives it its own addresses.
@@ -84,12 +102,12 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
                 # Its own session: a Ctrl-C on the terminal reaches the front ends, not the
                 # engine they still need while they drain.
                 engine_argv = [*base, "--role", "engine", "--engine-socket", path]
-                engines.append(_spawn(engine_argv, name, new_session=True))
+                engines.append(_spawn(engine_argv, name, extra_env, new_session=True))
             for i, front in enumerate(fronts):
                 front += ["--role", "frontend", "--engine-socket", paths[i % len(paths)]]
         else:
             log.info("processes", reason=reason, count=config.processes)
-        children.extend(_spawn([*base, *front], str(i)) for i, front in enumerate(fronts))
+        children.extend(_spawn([*base, *front], str(i), extra_env) for i, front in enumerate(fronts))
         engine_code = _wait(children, engines)
         codes = [child.wait() for child in children]
         for engine in engines:
@@ -104,10 +122,16 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
                 child.kill()
         if socket_dir is not None:
             shutil.rmtree(socket_dir, ignore_errors=True)
+        if exporter is not None:
+            exporter.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _spawn(argv: list[str], index: str, new_session: bool = False) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FACEDET_PROCESS_INDEX": index}
+def _spawn(
+    argv: list[str], index: str, extra_env: dict[str, str], new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **extra_env, "FACEDET_PROCESS_INDEX": index}
     return subprocess.Popen(argv, env=env, start_new_session=new_session)
 
 

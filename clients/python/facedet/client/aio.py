@@ -13,8 +13,10 @@ from facedet.client.base import ClientDefaults, naming_file
 from facedet.client.channel import (
     HEALTH_METHOD,
     ChannelOptions,
+    ChannelSecurity,
     decode_health_response,
     encode_health_request,
+    open_aio_channel,
 )
 from facedet.client.channel import channel_options as make_channel_options
 from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT, remaining
@@ -40,6 +42,10 @@ class AsyncFaceDetectorClient(ClientDefaults):
         options: DetectionOptions | None = None,
         channel_options: ChannelOptions = (),
         pixel_format: PixelFormat = DEFAULT_PIXEL_FORMAT,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -48,9 +54,11 @@ class AsyncFaceDetectorClient(ClientDefaults):
             options=options,
             pixel_format=pixel_format,
         )
-        self._channel = grpc.aio.insecure_channel(
-            self.target, options=make_channel_options(channel_options, self.target)
-        )
+        # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
+        # certificate_chain + private_key this client's certificate for mutual TLS.
+        security = ChannelSecurity(root_certificates, certificate_chain, private_key, token)
+        channel_settings = make_channel_options(channel_options, self.target)
+        self._channel = open_aio_channel(self.target, channel_settings, security)
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import grpc
 
 # Client-side limits only: a larger image is then refused by the server with a clear
 # RESOURCE_EXHAUSTED rather than by this side's 4 MiB gRPC default.
@@ -73,6 +77,123 @@ def lists_several_addresses(target: str) -> bool:
     take a comma-separated list)."""
     scheme, _, addresses = target.partition(":")
     return scheme in ("ipv4", "ipv6", "unix") and "," in addresses
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client proves itself and checks the server. Any of the three PEM byte strings
+    turns TLS on: `root_certificates` the CA that signed the server's certificate (None: the
+    system's), `certificate_chain` + `private_key` this client's certificate for mutual TLS.
+    `token` is sent on every call as `authorization: Bearer <token>` (over plaintext too: keep
+    that to unix sockets and loopback)."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    token: str | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return any(x is not None for x in (self.root_certificates, self.certificate_chain, self.private_key))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+
+def read_token_file(path: str | Path) -> str:
+    """The one token a --token-file holds, without its trailing newline."""
+    return Path(path).read_text().strip()
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc,type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc,type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc,type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc,type-arg]
+):
+    """Adds the token's metadata to every call of a blocking channel."""
+
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), *self._metadata],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def open_channel(target: str, options: ChannelOptions, security: ChannelSecurity) -> grpc.Channel:
+    """A blocking channel to `target`: TLS and the token as `security` says."""
+    if security.uses_tls:
+        channel = grpc.secure_channel(target, security.credentials(), options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    metadata = security.metadata()
+    return grpc.intercept_channel(channel, _TokenInterceptor(metadata)) if metadata else channel
+
+
+class _AsyncUnaryToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self._metadata = metadata
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_async_details(details, self._metadata), request)
+
+
+class _AsyncStreamToken(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self._metadata = metadata
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_async_details(details, self._metadata), requests)
+
+
+def _async_details(details: Any, metadata: list[tuple[str, str]]) -> Any:
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*(details.metadata or ()), *metadata),
+        details.credentials,
+        details.wait_for_ready,
+    )
+
+
+def open_aio_channel(target: str, options: ChannelOptions, security: ChannelSecurity) -> grpc.aio.Channel:
+    """An asyncio channel to `target`: TLS and the token as `security` says."""
+    metadata = security.metadata()
+    interceptors: Any = [_AsyncUnaryToken(metadata), _AsyncStreamToken(metadata)] if metadata else None
+    if security.uses_tls:
+        return grpc.aio.secure_channel(target, security.credentials(), options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options, interceptors=interceptors)
 
 
 # grpc.health.v1 is two one-field messages; coding them here spares every user of the client

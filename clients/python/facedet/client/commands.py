@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
 from facedet.client import Detection, DetectionOptions, FaceDetectorClient, FaceDetectorError, Frame, Status
+from facedet.client.channel import read_token_file
 from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT
 from facedet.client.draw import save_drawing
 from facedet.client.errors import NoAnswerError
@@ -28,6 +29,7 @@ from facedet.client.optional import MissingDependency
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
 DEFAULT_SERVER = "localhost:50051"
+T = TypeVar("T")
 DETECT_TIMEOUT = 30.0
 EXIT_STATUS = f"""\
 exit status:
@@ -135,6 +137,16 @@ def _add_client_arguments(parser: argparse.ArgumentParser, timeout: float | None
         metavar="S",
         help=f"seconds to wait for the server to answer at all (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )
+    tls = parser.add_argument_group("security", "TLS and token (docs/security.md)")
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server's certificate: use TLS")
+    tls.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for mutual TLS")
+    tls.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    tls.add_argument(
+        "--token-file",
+        default=os.environ.get("FACEDET_TOKEN_FILE"),
+        metavar="PATH",
+        help="file holding the server's bearer token [env FACEDET_TOKEN_FILE]",
+    )
     parser.add_argument("--min-confidence", type=float, default=0.0, help="0 = server default (0.5)")
     parser.add_argument("--iou-threshold", type=float, default=0.0, help="0 = server default (0.5)")
     parser.add_argument("--max-faces", type=int, default=0, help="0 = server default")
@@ -158,8 +170,29 @@ def _options(args: argparse.Namespace) -> DetectionOptions:
 
 def _client(args: argparse.Namespace, timeout: float | None) -> FaceDetectorClient:
     return FaceDetectorClient(
-        args.server, timeout=timeout, connect_timeout=args.connect_timeout, options=_options(args)
+        args.server,
+        timeout=timeout,
+        connect_timeout=args.connect_timeout,
+        options=_options(args),
+        root_certificates=_read_pem(args.tls_ca),
+        certificate_chain=_read_pem(args.tls_cert),
+        private_key=_read_pem(args.tls_key),
+        token=_read(read_token_file, args.token_file),
     )
+
+
+def _read_pem(path: str | None) -> bytes | None:
+    return _read(lambda p: Path(p).read_bytes(), path)
+
+
+def _read(reader: Callable[[str], T], path: str | None) -> T | None:
+    """`reader(path)`, or None without a path; an unreadable file ends the command (exit 1)."""
+    if not path:
+        return None
+    try:
+        return reader(path)
+    except OSError as exc:
+        raise SystemExit(f"facedet: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _no_server(error: FaceDetectorError) -> bool:

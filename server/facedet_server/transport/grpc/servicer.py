@@ -5,8 +5,9 @@ messages over --max-message-bytes (visibly: gRPC core's own refusal is neither l
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -65,6 +66,38 @@ def oversize_bytes(request: pb.DetectFacesRequest, limit: int) -> int | None:
     return size if size > limit else None
 
 
+class CallMetrics(Protocol):
+    """What the servicer reports (the server's metrics): each DetectFaces call and each stream
+    frame, by method and status code name, and the streams open."""
+
+    def call_started(self) -> None: ...
+
+    def call_finished(self, method: str, code: str, seconds: float) -> None: ...
+
+    def stream_opened(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
+
+
+class NoCallMetrics:
+    def call_started(self) -> None:
+        pass
+
+    def call_finished(self, method: str, code: str, seconds: float) -> None:
+        pass
+
+    def stream_opened(self) -> None:
+        pass
+
+    def stream_closed(self) -> None:
+        pass
+
+
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+# A call ends with this code in the metrics unless it reaches another: the client gave up.
+_GAVE_UP = grpc.StatusCode.CANCELLED.name
+
+
 class MessageTooLarge(DetectError):
     code = Code.RESOURCE_EXHAUSTED
 
@@ -73,10 +106,11 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
     """Registered before the model loads (so ports open early); calls get UNAVAILABLE until
     `ready` hands it the service."""
 
-    def __init__(self, stream_window: int) -> None:
+    def __init__(self, stream_window: int, metrics: CallMetrics | None = None) -> None:
         self.service: DetectionService[Any] | None = None
         self.model_info = pb.ModelInfo()
         self.stream_window = stream_window
+        self.metrics = metrics or NoCallMetrics()
 
     def ready(self, service: DetectionService[Any], info: pb.ModelInfo) -> None:
         self.service, self.model_info = service, info
@@ -113,21 +147,41 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
         return detection_to_response(detection, request.frame_id)
 
     async def DetectFaces(self, request: pb.DetectFacesRequest, context: Context) -> pb.DetectFacesResponse:
+        self.metrics.call_started()
+        started, code = time.perf_counter(), _GAVE_UP
         try:
-            self._refuse_oversize(request, context, "DetectFaces")
-        except MessageTooLarge as exc:  # already logged
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-        try:
-            return await self._detect(request)
-        except DetectError as exc:
-            log.warning("request_failed", rpc="DetectFaces", code=exc.code.value, error=exc.message)
-            await context.abort(getattr(grpc.StatusCode, exc.code.value), exc.message)
-        except Exception:
-            log.exception("request_crashed", rpc="DetectFaces")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        raise AssertionError("unreachable: abort raises")
+            try:
+                self._refuse_oversize(request, context, "DetectFaces")
+            except MessageTooLarge as exc:  # already logged
+                code = exc.code.value
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+            try:
+                response = await self._detect(request)
+                code = grpc.StatusCode.OK.name
+                return response
+            except DetectError as exc:
+                code = exc.code.value
+                log.warning("request_failed", rpc="DetectFaces", code=exc.code.value, error=exc.message)
+                await context.abort(getattr(grpc.StatusCode, exc.code.value), exc.message)
+            except Exception:
+                code = Code.INTERNAL.value
+                log.exception("request_crashed", rpc="DetectFaces")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            raise AssertionError("unreachable: abort raises")
+        finally:
+            self.metrics.call_finished("DetectFaces", code, time.perf_counter() - started)
 
     async def _detect_frame(self, request: pb.DetectFacesRequest, context: Context) -> pb.DetectFacesResponse:
+        self.metrics.call_started()
+        started, code = time.perf_counter(), _GAVE_UP
+        try:
+            response = await self._answer_frame(request, context)
+            code = _CODE_NAMES[response.error.code] if response.HasField("error") else "OK"
+            return response
+        finally:
+            self.metrics.call_finished("StreamDetectFaces", code, time.perf_counter() - started)
+
+    async def _answer_frame(self, request: pb.DetectFacesRequest, context: Context) -> pb.DetectFacesResponse:
         """One stream frame; failures become a response with `error`, never a broken stream."""
         try:
             self._refuse_oversize(request, context, "StreamDetectFaces")
@@ -166,6 +220,7 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
                 await pending.put(None)
 
         reader = asyncio.create_task(read())
+        self.metrics.stream_opened()
         try:
             while (task := await pending.get()) is not None:
                 yield await task
@@ -174,6 +229,7 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
             # fails the call with RESOURCE_EXHAUSTED itself, so no code of ours sees it.
             await reader
         finally:
+            self.metrics.stream_closed()
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
