@@ -23,9 +23,10 @@ from facedet.v1 import face_detector_pb2 as pb
 from facedet_server.app.config import ServerConfig
 from facedet_server.app.server import limits_for
 from facedet_server.errors import DetectError
-from facedet_server.faces.options import Options, resolve_options
+from facedet_server.faces.options import Options
 from facedet_server.model.spec import UPSTREAM_YOLOV5N_05
 from facedet_server.pipeline.host import HostPreparer
+from facedet_server.serving.service import request_options
 from facedet_server.transport.grpc.messages import image_from_request, options_from_request
 from google.protobuf.message import DecodeError
 
@@ -49,16 +50,7 @@ def make_target() -> Callable[[bytes], None]:
         except DecodeError:
             return  # grpc refuses such a message before the servicer sees it
         try:
-            requested = options_from_request(request)
-            options = resolve_options(
-                defaults,
-                min_confidence=requested.min_confidence,
-                iou_threshold=requested.iou_threshold,
-                max_faces=requested.max_faces,
-                min_face_size=requested.min_face_size,
-                max_faces_limit=limits.max_faces,
-                ignore_exif_orientation=requested.ignore_exif_orientation,
-            )
+            options = request_options(defaults, options_from_request(request), limits.max_faces)
             preparer.prepare(image_from_request(request), options)
         except DetectError:
             pass

@@ -66,6 +66,19 @@ class RequestOptions:
     ignore_exif_orientation: bool = False
 
 
+def request_options(defaults: Options, requested: RequestOptions, max_faces_limit: int) -> Options:
+    """What a request asks for, checked, with the server's defaults where it leaves a field at 0."""
+    return resolve_options(
+        defaults,
+        min_confidence=requested.min_confidence,
+        iou_threshold=requested.iou_threshold,
+        max_faces=requested.max_faces,
+        min_face_size=requested.min_face_size,
+        max_faces_limit=max_faces_limit,
+        ignore_exif_orientation=requested.ignore_exif_orientation,
+    )
+
+
 class DetectionService(Generic[P]):
     """Generic over the pipeline's prepared item, which it only carries from the preparer
     to the batcher and back to the pipeline."""
@@ -115,15 +128,7 @@ class DetectionService(Generic[P]):
         self.batcher.start()
 
     def options(self, requested: RequestOptions) -> Options:
-        return resolve_options(
-            self.defaults,
-            min_confidence=requested.min_confidence,
-            iou_threshold=requested.iou_threshold,
-            max_faces=requested.max_faces,
-            min_face_size=requested.min_face_size,
-            max_faces_limit=self.pipeline.limits.max_faces,
-            ignore_exif_orientation=requested.ignore_exif_orientation,
-        )
+        return request_options(self.defaults, requested, self.pipeline.limits.max_faces)
 
     async def detect(self, image: ImageInput, requested: RequestOptions | None = None) -> Detection:
         start = time.perf_counter()
