@@ -156,7 +156,9 @@ class StreamRun:
 
 @pytest.mark.timeout(120)
 def test_sigterm_drains_in_flight_calls(start_server: ServerFactory) -> None:
-    server = start_server("--max-batch", "1", "--grace-seconds", "30", unix=False)
+    # One image at a time on one worker, and enough of them, so that calls are still in flight
+    # when SIGTERM comes (the automatic CPU batching finishes a few of them within the wait).
+    server = start_server("--max-batch", "1", "--batch-workers", "1", "--grace-seconds", "30", unix=False)
     big = image_bytes("test.jpg")
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.FaceDetectorStub(channel)
@@ -188,7 +190,7 @@ def test_sigterm_drains_in_flight_calls(start_server: ServerFactory) -> None:
             assert s.got_first.wait(30), "stream got no response before SIGTERM"
         unary = [
             stub.DetectFaces.future(pb.DetectFacesRequest(encoded=big, frame_id=i), timeout=90)
-            for i in range(8)
+            for i in range(16)
         ]
         time.sleep(0.3)  # let the unary calls reach the server
         in_flight = sum(not f.done() for f in unary)
