@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61\x63\x65\x64\x65t/v1/face_detector.proto\x12\nfacedet.v1\x1a\x17google/rpc/status.proto\"\x96\x01\n\x12\x44\x65tectFacesRequest\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12#\n\x03raw\x18\x02 \x01(\x0b\x32\x14.facedet.v1.RawImageH\x00\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.facedet.v1.DetectionOptions\x12\x10\n\x08\x66rame_id\x18\x04 \x01(\x04\x42\x07\n\x05image\"`\n\x08RawImage\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\'\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x17.facedet.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8c\x01\n\x10\x44\x65tectionOptions\x12\x16\n\x0emin_confidence\x18\x01 \x01(\x02\x12\x15\n\riou_threshold\x18\x02 \x01(\x02\x12\x11\n\tmax_faces\x18\x03 \x01(\r\x12\x15\n\rmin_face_size\x18\x04 \x01(\x02\x12\x1f\n\x17ignore_exif_orientation\x18\x05 \x01(\x08\"\xba\x01\n\x13\x44\x65tectFacesResponse\x12\x1f\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x10.facedet.v1.Face\x12\x13\n\x0bimage_width\x18\x02 \x01(\r\x12\x14\n\x0cimage_height\x18\x03 \x01(\r\x12\x10\n\x08\x66rame_id\x18\x04 \x01(\x04\x12\"\n\x06timing\x18\x05 \x01(\x0b\x32\x12.facedet.v1.Timing\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"\x81\x01\n\x06Timing\x12\x11\n\tdecode_us\x18\x01 \x01(\x04\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x16\n\x0epostprocess_us\x18\x04 \x01(\x04\x12\x10\n\x08total_us\x18\x05 \x01(\x04\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"j\n\x04\x46\x61\x63\x65\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.facedet.v1.BoundingBox\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12(\n\tlandmarks\x18\x03 \x01(\x0b\x32\x15.facedet.v1.Landmarks\"I\n\x0b\x42oundingBox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"\xc6\x01\n\tLandmarks\x12#\n\x08left_eye\x18\x01 \x01(\x0b\x32\x11.facedet.v1.Point\x12$\n\tright_eye\x18\x02 \x01(\x0b\x32\x11.facedet.v1.Point\x12\x1f\n\x04nose\x18\x03 \x01(\x0b\x32\x11.facedet.v1.Point\x12%\n\nmouth_left\x18\x04 \x01(\x0b\x32\x11.facedet.v1.Point\x12&\n\x0bmouth_right\x18\x05 \x01(\x0b\x32\x11.facedet.v1.Point\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\x15\n\x13GetModelInfoRequest\"\x9c\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binput_width\x18\x02 \x01(\r\x12\x14\n\x0cinput_height\x18\x03 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x35\n\x0f\x64\x65\x66\x61ult_options\x18\x07 \x01(\x0b\x32\x1c.facedet.v1.DetectionOptions\x12\"\n\x06limits\x18\x08 \x01(\x0b\x32\x12.facedet.v1.Limits\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x0b \x01(\x02\"]\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x04\x12\x12\n\nmax_pixels\x18\x02 \x01(\x04\x12\x11\n\tmax_faces\x18\x03 \x01(\r\x12\x11\n\tmax_queue\x18\x04 \x01(\r*q\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x02\x12\x16\n\x12PIXEL_FORMAT_GRAY8\x10\x03\x32\x80\x02\n\x0c\x46\x61\x63\x65\x44\x65tector\x12N\n\x0b\x44\x65tectFaces\x12\x1e.facedet.v1.DetectFacesRequest\x1a\x1f.facedet.v1.DetectFacesResponse\x12X\n\x11StreamDetectFaces\x12\x1e.facedet.v1.DetectFacesRequest\x1a\x1f.facedet.v1.DetectFacesResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.facedet.v1.GetModelInfoRequest\x1a\x15.facedet.v1.ModelInfoBBP\x01Z>github.com/facedet/facedet/clients/go/gen/facedet/v1;facedetv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61\x63\x65\x64\x65t/v1/face_detector.proto\x12\nfacedet.v1\x1a\x17google/rpc/status.proto\"\x96\x01\n\x12\x44\x65tectFacesRequest\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12#\n\x03raw\x18\x02 \x01(\x0b\x32\x14.facedet.v1.RawImageH\x00\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.facedet.v1.DetectionOptions\x12\x10\n\x08\x66rame_id\x18\x04 \x01(\x04\x42\x07\n\x05image\"`\n\x08RawImage\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\'\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x17.facedet.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x9a\x01\n\x10\x44\x65tectionOptions\x12\x16\n\x0emin_confidence\x18\x01 \x01(\x02\x12\x15\n\riou_threshold\x18\x02 \x01(\x02\x12\x11\n\tmax_faces\x18\x03 \x01(\r\x12\x15\n\rmin_face_size\x18\x04 \x01(\x02\x12\x1f\n\x17ignore_exif_orientation\x18\x05 \x01(\x08\x12\x0c\n\x04live\x18\x06 \x01(\x08\"\xcb\x01\n\x13\x44\x65tectFacesResponse\x12\x1f\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x10.facedet.v1.Face\x12\x13\n\x0bimage_width\x18\x02 \x01(\r\x12\x14\n\x0cimage_height\x18\x03 \x01(\r\x12\x10\n\x08\x66rame_id\x18\x04 \x01(\x04\x12\"\n\x06timing\x18\x05 \x01(\x0b\x32\x12.facedet.v1.Timing\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x08\"\x81\x01\n\x06Timing\x12\x11\n\tdecode_us\x18\x01 \x01(\x04\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x16\n\x0epostprocess_us\x18\x04 \x01(\x04\x12\x10\n\x08total_us\x18\x05 \x01(\x04\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"j\n\x04\x46\x61\x63\x65\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.facedet.v1.BoundingBox\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12(\n\tlandmarks\x18\x03 \x01(\x0b\x32\x15.facedet.v1.Landmarks\"I\n\x0b\x42oundingBox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"\xc6\x01\n\tLandmarks\x12#\n\x08left_eye\x18\x01 \x01(\x0b\x32\x11.facedet.v1.Point\x12$\n\tright_eye\x18\x02 \x01(\x0b\x32\x11.facedet.v1.Point\x12\x1f\n\x04nose\x18\x03 \x01(\x0b\x32\x11.facedet.v1.Point\x12%\n\nmouth_left\x18\x04 \x01(\x0b\x32\x11.facedet.v1.Point\x12&\n\x0bmouth_right\x18\x05 \x01(\x0b\x32\x11.facedet.v1.Point\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\x15\n\x13GetModelInfoRequest\"\xe2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binput_width\x18\x02 \x01(\r\x12\x14\n\x0cinput_height\x18\x03 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x35\n\x0f\x64\x65\x66\x61ult_options\x18\x07 \x01(\x0b\x32\x1c.facedet.v1.DetectionOptions\x12\"\n\x06limits\x18\x08 \x01(\x0b\x32\x12.facedet.v1.Limits\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x0b \x01(\x02\x12\x1b\n\x13\x66ront_end_addresses\x18\x0c \x03(\t\x12\'\n\x07\x65ngines\x18\r \x03(\x0b\x32\x16.facedet.v1.EngineInfo\";\n\nEngineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0f\n\x07serving\x18\x03 \x01(\x08\"]\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x04\x12\x12\n\nmax_pixels\x18\x02 \x01(\x04\x12\x11\n\tmax_faces\x18\x03 \x01(\r\x12\x11\n\tmax_queue\x18\x04 \x01(\r*q\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_RGB8\x10\x01\x12\x15\n\x11PIXEL_FORMAT_BGR8\x10\x02\x12\x16\n\x12PIXEL_FORMAT_GRAY8\x10\x03\x32\x80\x02\n\x0c\x46\x61\x63\x65\x44\x65tector\x12N\n\x0b\x44\x65tectFaces\x12\x1e.facedet.v1.DetectFacesRequest\x1a\x1f.facedet.v1.DetectFacesResponse\x12X\n\x11StreamDetectFaces\x12\x1e.facedet.v1.DetectFacesRequest\x1a\x1f.facedet.v1.DetectFacesResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.facedet.v1.GetModelInfoRequest\x1a\x15.facedet.v1.ModelInfoBBP\x01Z>github.com/facedet/facedet/clients/go/gen/facedet/v1;facedetv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facedet.v1.face_detector_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z>github.com/facedet/facedet/clients/go/gen/facedet/v1;facedetv1'
-  _globals['_PIXELFORMAT']._serialized_start=1606
-  _globals['_PIXELFORMAT']._serialized_end=1719
+  _globals['_PIXELFORMAT']._serialized_start=1768
+  _globals['_PIXELFORMAT']._serialized_end=1881
   _globals['_DETECTFACESREQUEST']._serialized_start=72
   _globals['_DETECTFACESREQUEST']._serialized_end=222
   _globals['_RAWIMAGE']._serialized_start=224
   _globals['_RAWIMAGE']._serialized_end=320
   _globals['_DETECTIONOPTIONS']._serialized_start=323
-  _globals['_DETECTIONOPTIONS']._serialized_end=463
-  _globals['_DETECTFACESRESPONSE']._serialized_start=466
-  _globals['_DETECTFACESRESPONSE']._serialized_end=652
-  _globals['_TIMING']._serialized_start=655
-  _globals['_TIMING']._serialized_end=784
-  _globals['_FACE']._serialized_start=786
-  _globals['_FACE']._serialized_end=892
-  _globals['_BOUNDINGBOX']._serialized_start=894
-  _globals['_BOUNDINGBOX']._serialized_end=967
-  _globals['_LANDMARKS']._serialized_start=970
-  _globals['_LANDMARKS']._serialized_end=1168
-  _globals['_POINT']._serialized_start=1170
-  _globals['_POINT']._serialized_end=1199
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1201
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1222
-  _globals['_MODELINFO']._serialized_start=1225
-  _globals['_MODELINFO']._serialized_end=1509
-  _globals['_LIMITS']._serialized_start=1511
-  _globals['_LIMITS']._serialized_end=1604
-  _globals['_FACEDETECTOR']._serialized_start=1722
-  _globals['_FACEDETECTOR']._serialized_end=1978
+  _globals['_DETECTIONOPTIONS']._serialized_end=477
+  _globals['_DETECTFACESRESPONSE']._serialized_start=480
+  _globals['_DETECTFACESRESPONSE']._serialized_end=683
+  _globals['_TIMING']._serialized_start=686
+  _globals['_TIMING']._serialized_end=815
+  _globals['_FACE']._serialized_start=817
+  _globals['_FACE']._serialized_end=923
+  _globals['_BOUNDINGBOX']._serialized_start=925
+  _globals['_BOUNDINGBOX']._serialized_end=998
+  _globals['_LANDMARKS']._serialized_start=1001
+  _globals['_LANDMARKS']._serialized_end=1199
+  _globals['_POINT']._serialized_start=1201
+  _globals['_POINT']._serialized_end=1230
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1232
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1253
+  _globals['_MODELINFO']._serialized_start=1256
+  _globals['_MODELINFO']._serialized_end=1610
+  _globals['_ENGINEINFO']._serialized_start=1612
+  _globals['_ENGINEINFO']._serialized_end=1671
+  _globals['_LIMITS']._serialized_start=1673
+  _globals['_LIMITS']._serialized_end=1766
+  _globals['_FACEDETECTOR']._serialized_start=1884
+  _globals['_FACEDETECTOR']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)

@@ -44,34 +44,38 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DetectionOptions(_message.Message):
-    __slots__ = ("min_confidence", "iou_threshold", "max_faces", "min_face_size", "ignore_exif_orientation")
+    __slots__ = ("min_confidence", "iou_threshold", "max_faces", "min_face_size", "ignore_exif_orientation", "live")
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MAX_FACES_FIELD_NUMBER: _ClassVar[int]
     MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EXIF_ORIENTATION_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     min_confidence: float
     iou_threshold: float
     max_faces: int
     min_face_size: float
     ignore_exif_orientation: bool
-    def __init__(self, min_confidence: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_faces: _Optional[int] = ..., min_face_size: _Optional[float] = ..., ignore_exif_orientation: _Optional[bool] = ...) -> None: ...
+    live: bool
+    def __init__(self, min_confidence: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_faces: _Optional[int] = ..., min_face_size: _Optional[float] = ..., ignore_exif_orientation: _Optional[bool] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class DetectFacesResponse(_message.Message):
-    __slots__ = ("faces", "image_width", "image_height", "frame_id", "timing", "error")
+    __slots__ = ("faces", "image_width", "image_height", "frame_id", "timing", "error", "dropped")
     FACES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     faces: _containers.RepeatedCompositeFieldContainer[Face]
     image_width: int
     image_height: int
     frame_id: int
     timing: Timing
     error: _status_pb2.Status
-    def __init__(self, faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., frame_id: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    dropped: bool
+    def __init__(self, faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., frame_id: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., dropped: _Optional[bool] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("decode_us", "queue_us", "inference_us", "postprocess_us", "total_us", "batch_size")
@@ -138,7 +142,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "input_width", "input_height", "backend", "execution_provider", "version", "default_options", "limits", "model_sha256", "max_batch", "max_delay_ms")
+    __slots__ = ("name", "input_width", "input_height", "backend", "execution_provider", "version", "default_options", "limits", "model_sha256", "max_batch", "max_delay_ms", "front_end_addresses", "engines")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +154,8 @@ class ModelInfo(_message.Message):
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    FRONT_END_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_width: int
     input_height: int
@@ -161,7 +167,19 @@ class ModelInfo(_message.Message):
     model_sha256: str
     max_batch: int
     max_delay_ms: float
-    def __init__(self, name: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., default_options: _Optional[_Union[DetectionOptions, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_sha256: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_delay_ms: _Optional[float] = ...) -> None: ...
+    front_end_addresses: _containers.RepeatedScalarFieldContainer[str]
+    engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
+    def __init__(self, name: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., default_options: _Optional[_Union[DetectionOptions, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_sha256: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., front_end_addresses: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ...) -> None: ...
+
+class EngineInfo(_message.Message):
+    __slots__ = ("name", "device", "serving")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    device: str
+    serving: bool
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_bytes", "max_pixels", "max_faces", "max_queue")
