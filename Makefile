@@ -24,7 +24,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 # That is the layout working as designed; this silences that one message and nothing else.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
-.PHONY: help setup setup-dev serve test lint typecheck unit proto proto-lint proto-baseline bench clean
+.PHONY: help setup setup-dev serve test lint typecheck unit proto proto-lint proto-baseline bench clean clients
 
 help:
 	@echo "make serve   - set up, fetch the model into the cache if missing, serve on 0.0.0.0:50051"
@@ -32,6 +32,7 @@ help:
 	@echo "make proto   - regenerate clients/python/facedet/v1 from proto/"
 	@echo "make proto-lint - buf lint proto/, and buf breaking against the released v1 (docs/api.md)"
 	@echo "make bench   - CPU benchmark: through gRPC vs in-process (docs/benchmarks.md)"
+	@echo "make clients - build the Go and C++ example clients into build/clients (apt where missing)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +87,12 @@ proto-baseline: proto-lint
 
 bench: setup-dev
 	$(BIN)/facedet bench --compare --image $(SHARED)/images/zidane.jpg --concurrency 1,4,16 --duration 10
+
+# The example clients: each folder's build.mk defines its target (clients-go, clients-cpp) and
+# installs its Debian packages where they are missing.
+-include clients/go/build.mk
+-include clients/cpp/build.mk
+clients: clients-go clients-cpp
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
