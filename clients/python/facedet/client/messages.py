@@ -178,6 +178,8 @@ class Detection:
     frame_id: int = 0
     timing: Timing = field(default_factory=Timing)
     error: Status | None = None
+    # A live-mode stream's frame the server skipped for a newer one (no faces, no error).
+    dropped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -195,6 +197,7 @@ class Detection:
             message.timing.CopyFrom(self.timing.to_proto())
         if self.error is not None:
             message.error.CopyFrom(self.error.to_proto())
+        message.dropped = self.dropped
         return message
 
     @classmethod
@@ -206,6 +209,7 @@ class Detection:
             frame_id=message.frame_id,
             timing=Timing.from_proto(message.timing),
             error=Status.from_proto(message.error) if message.HasField("error") else None,
+            dropped=message.dropped,
         )
 
 
@@ -220,6 +224,9 @@ class DetectionOptions:
     # The server detects in the upright picture a JPEG's EXIF orientation describes; True keeps
     # the pixels as stored (and the size reported is then the stored one).
     ignore_exif_orientation: bool = False
+    # Streams only: the server keeps just the newest waiting frame and answers the ones it
+    # skips with `dropped` (see the .proto), so a real-time source never waits on stale frames.
+    live: bool = False
 
     def to_proto(self) -> pb.DetectionOptions:
         return pb.DetectionOptions(
@@ -228,6 +235,7 @@ class DetectionOptions:
             max_faces=self.max_faces,
             min_face_size=self.min_face_size,
             ignore_exif_orientation=self.ignore_exif_orientation,
+            live=self.live,
         )
 
     @classmethod
@@ -238,6 +246,7 @@ class DetectionOptions:
             message.max_faces,
             message.min_face_size,
             message.ignore_exif_orientation,
+            message.live,
         )
 
 
