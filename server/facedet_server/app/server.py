@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,11 @@ from facedet_server.model.files import (
 from facedet_server.pipeline.base import Limits, Pipeline
 from facedet_server.pipeline.host import HostPipeline
 from facedet_server.runtime import choose_backend, load_backend
+from facedet_server.runtime.faults import FaultControl, fault_control, with_faults
 from facedet_server.serving.batcher import BatcherConfig
+from facedet_server.serving.runtime_health import GuardedPipeline
 from facedet_server.serving.service import DetectionService
-from facedet_server.transport.grpc.health import SERVING, HealthService
+from facedet_server.transport.grpc.health import NOT_SERVING, SERVING, HealthService
 from facedet_server.transport.grpc.servicer import FaceDetectorServicer, core_receive_limit, model_info
 
 log = structlog.get_logger("facedet.server")
@@ -120,10 +123,22 @@ def converted_ncnn(param: Path, home: Path | None = None) -> Path:
     return target
 
 
-def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline[Any]:
+def armed_faults() -> FaultControl | None:
+    """The test-only fault injection the environment arms (docs/reliability.md, Faults): None
+    unless FACEDET_FAULT_INJECTION is set; StartupError where it is set wrong."""
+    try:
+        return fault_control(os.environ)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def build_pipeline(
+    config: ServerConfig, model_path: Path, faults: FaultControl | None = None
+) -> Pipeline[Any]:
     """The model and the pre/post-processing around it, in this process. `config` is one
     `resolve_for_model` returned: the backend's batch size must be known before it loads.
-    A runtime that takes batches on its GPU gets the GPU pipeline; any other the host one."""
+    A runtime that takes batches on its GPU gets the GPU pipeline; any other the host one.
+    `faults`: the test-only fault injection its model runs obey (`armed_faults`)."""
     if config.backend == "auto" or config.max_batch < 1:
         raise ValueError(
             "build_pipeline needs a config from resolve_for_model (backend and batch size known)"
@@ -137,6 +152,7 @@ def build_pipeline(config: ServerConfig, model_path: Path) -> Pipeline[Any]:
         device=config.device,
         compile_mode=config.compile,
     )
+    backend = with_faults(backend, faults)
     limits = limits_for(config)
     device_backend = backend.device_backend()
     if device_backend is None:
@@ -228,10 +244,18 @@ async def serve(config: ServerConfig) -> None:
     # SIGHUP re-reads the token and certificate files; new connections get the new ones.
     loop.add_signal_handler(signal.SIGHUP, security.reload)
 
+    def runtime_usable(usable: bool) -> None:
+        # Called from an inference or reload thread when the model runtime fails for good or
+        # recovers (serving.runtime_health); health follows, unless draining already.
+        status = SERVING if usable else NOT_SERVING
+        asyncio.run_coroutine_threadsafe(health_servicer.set_all(status), loop)
+
     started = time.perf_counter()
     try:
         # From here on `config` has its automatic settings filled in for where the model runs.
-        pipeline, model_name, config = await asyncio.to_thread(_load_pipeline, config, aborted)
+        pipeline, model_name, config = await asyncio.to_thread(
+            _load_pipeline, config, aborted, runtime_usable
+        )
         sys.setswitchinterval(config.gil_switch_ms / 1000)
         service = build_service(config, pipeline, metrics)
         await asyncio.to_thread(service.warm_up)
@@ -292,9 +316,12 @@ async def serve(config: ServerConfig) -> None:
     await _shut_down(server, health_servicer, service, config.grace_seconds)
 
 
-def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipeline[Any], str, ServerConfig]:
+def _load_pipeline(
+    config: ServerConfig, aborted: threading.Event, runtime_usable: Callable[[bool], None]
+) -> tuple[Pipeline[Any], str, ServerConfig]:
     """(pipeline, what it runs, `config` resolved for where the model runs): the model here, or
-    the engine process's at --engine-socket (whose backend and device the engine tells)."""
+    the engine process's at --engine-socket (whose backend and device the engine tells). A model
+    run here is rebuilt should its runtime fail (serving.runtime_health), `runtime_usable` told."""
     if config.role == "frontend":
         from facedet_server.engine.client import EnginePipeline
         from facedet_server.errors import DetectError
@@ -308,9 +335,15 @@ def _load_pipeline(config: ServerConfig, aborted: threading.Event) -> tuple[Pipe
         log.info("engine_connected", socket=config.engine_socket, engine_pid=engine.info.pid, pid=os.getpid())
         resolved = resolve_automatic(config, engine.info.backend, engine.info.device)
         return engine, f"engine process {engine.info.pid} at {config.engine_socket}", resolved
+    faults = armed_faults()  # one control for the first runtime and every rebuild of it
     model_path = resolve_model(config.model)
     resolved = resolve_for_model(config, model_path)
-    return build_pipeline(resolved, model_path), str(model_path), resolved
+    pipeline = GuardedPipeline(
+        build_pipeline(resolved, model_path, faults),
+        lambda: build_pipeline(resolved, model_path, faults),
+        runtime_usable,
+    )
+    return pipeline, str(model_path), resolved
 
 
 async def _open_ports(server: grpc.aio.Server, config: ServerConfig, security: ServerSecurity) -> None:
