@@ -18,6 +18,8 @@ import simplejpeg
 
 from facedet_server.errors import InvalidImage
 from facedet_server.image.exif import TRANSPOSING, UPRIGHT, jpeg_orientation, upright, upright_size
+from facedet_server.image.jpeg_scans import check_scans
+from facedet_server.image.png_data import check_png_data
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,6 +79,7 @@ def decode_jpeg(
     except ValueError as exc:
         raise InvalidImage(f"JPEG header is unreadable: {exc}") from None
     check_pixels(width, height, max_pixels)
+    check_scans(data, width, height)
     orientation = jpeg_orientation(data) if orient else UPRIGHT
     if target and orientation in TRANSPOSING:  # the target is upright; the stored pixels are not
         target = (target[1], target[0])
@@ -116,12 +119,28 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+# Chunks a PNG may have: an image's data comes in IDAT chunks of usually 8 KiB or more, but
+# 1.3 million empty chunks fit in a 16 MiB message and cost OpenCV 7 s and libpng a stderr
+# warning each (facedet_bench.hostile.png_with_many_chunks).
+MAX_PNG_CHUNKS = 100_000
+MAX_PNG_ANCILLARY_CHUNKS = 1_000  # text, colour profiles, timestamps: a few in a normal file
+
+
 def check_png_chunks(data: bytes) -> None:
-    """Refuse a PNG whose chunk lengths run past its end. OpenCV's decoder allocates what a chunk
-    header claims before it finds the data short: a 110-byte request claiming a 4 GB chunk made
-    it take 4 GB (found by the request fuzzer, facedet_bench.fuzz_request)."""
+    """Refuse a PNG whose chunk lengths run past its end, or with more chunks than any real
+    image needs. OpenCV's decoder allocates what a chunk header claims before it finds the data
+    short: a 110-byte request claiming a 4 GB chunk made it take 4 GB (found by the request
+    fuzzer, facedet_bench.fuzz_request)."""
     offset = len(PNG_MAGIC)
+    chunks = ancillary = 0
     while offset + 8 <= len(data):
+        chunks += 1
+        ancillary += data[offset + 4] & 0x20 != 0  # a lowercase first letter: ancillary
+        if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS:
+            raise InvalidImage(
+                f"PNG has more than {MAX_PNG_CHUNKS} chunks or {MAX_PNG_ANCILLARY_CHUNKS} ancillary "
+                "chunks; the server refuses it as malformed"
+            )
         (length,) = struct.unpack_from(">I", data, offset)
         end = offset + 12 + length  # length, type, the data, CRC
         if end > len(data):
@@ -138,6 +157,7 @@ def decode_png(data: bytes, max_pixels: int) -> DecodedImage:
     width, height = png_size(data)
     check_pixels(width, height, max_pixels)
     check_png_chunks(data)
+    check_png_data(data)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InvalidImage("PNG data is corrupt or truncated")
