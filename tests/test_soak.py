@@ -1,0 +1,56 @@
+"""The soak command (`python -m facedet_bench.soak`, docs/reliability.md "Soak") runs a few
+seconds against a server it starts itself, so it cannot rot: its report says what a long run
+says, and it fails where a good request fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from facedet_test_support import EXPECTED_FACES, IMAGES, MODEL, REPO, clean_env, require
+
+
+def soak(tmp_path: Path, *args: str) -> tuple[int, dict[str, object]]:
+    report = tmp_path / "soak.json"
+    command = [sys.executable, "-m", "facedet_bench.soak", "--model", str(require(MODEL, "model file"))]
+    command += ["--duration", "5", "--sample-interval", "1", "--json", str(report), *args]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=180
+    )
+    assert report.exists(), result.stderr
+    return result.returncode, json.loads(report.read_text())
+
+
+@pytest.mark.timeout(240)
+def test_soak_smoke(tmp_path: Path) -> None:
+    code, report = soak(tmp_path, "--bad-fraction", "0.2", "--image", str(IMAGES / "zidane.jpg"))
+    assert code == 0, report
+    assert report["passed"] is True
+    assert report["good_by_status"] == {"OK": report["served_ok"]}
+    served = report["served_ok"]
+    assert isinstance(served, int) and served > 10
+    bad = report["bad_by_status"]
+    assert isinstance(bad, dict) and set(bad) == {"INVALID_ARGUMENT"}, bad
+    assert report["faces_per_image"] == EXPECTED_FACES["zidane.jpg"]
+    assert report["p99_ms_first_window"] is not None and report["p99_ms_last_window"] is not None
+    assert isinstance(report["rss_mib_end"], float) and report["rss_mib_end"] > 50
+    assert report["rss_checked"] is False  # 5 s is all warm-up
+    assert report["server_exit"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_soak_fails_when_good_requests_fail(tmp_path: Path) -> None:
+    not_an_image = tmp_path / "not-an-image.jpg"
+    not_an_image.write_bytes(b"plain text")
+    code, report = soak(tmp_path, "--image", str(not_an_image))
+    assert code == 1
+    assert report["passed"] is False
+    checks = report["checks"]
+    assert isinstance(checks, dict) and checks["good_requests_all_ok"] is False
+    bad = report["bad_by_status"]
+    requests = report["requests"]
+    assert isinstance(bad, dict) and isinstance(requests, int)
+    assert report["good_by_status"] == {"INVALID_ARGUMENT": requests - sum(bad.values())}
