@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facedet_server import __version__
 from facedet_server.app.config import ServerConfig, listen_addresses, non_default, resolve_automatic
+from facedet_server.app.http_front import HttpSetupError, http_front_end
 from facedet_server.app.memory import trim_periodically
 from facedet_server.app.metrics import PrometheusMetrics, for_process, start_exporter
 from facedet_server.app.security import SecurityError, ServerSecurity
@@ -49,6 +50,7 @@ from facedet_server.serving.runtime_health import GuardedPipeline
 from facedet_server.serving.service import DetectionService
 from facedet_server.transport.grpc.health import NOT_SERVING, SERVING, HealthService
 from facedet_server.transport.grpc.servicer import FaceDetectorServicer, core_receive_limit, model_info
+from facedet_server.transport.http.server import HttpFrontEnd
 
 log = structlog.get_logger("facedet.server")
 
@@ -217,6 +219,10 @@ async def serve(config: ServerConfig) -> None:
     metrics = for_process(config.metrics_listen)
     servicer = FaceDetectorServicer(config.stream_window, metrics)
     pb_grpc.add_FaceDetectorServicer_to_server(servicer, server)
+    try:
+        http = http_front_end(config, security, health_servicer.serving, metrics)
+    except HttpSetupError as exc:
+        raise StartupError(str(exc)) from None
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection(
@@ -228,7 +234,7 @@ async def serve(config: ServerConfig) -> None:
     # bound to the port, and must not hand one to a process still loading.
     opens_early = not config.reuse_port
     if opens_early:
-        await _open_ports(server, config, security)
+        await _open_ports(server, config, security, http)
     log.info("settings", version=__version__, non_default=non_default(config))
 
     stop = asyncio.Event()
@@ -242,7 +248,12 @@ async def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     # SIGHUP re-reads the token and certificate files; new connections get the new ones.
-    loop.add_signal_handler(signal.SIGHUP, security.reload)
+    def on_hangup() -> None:
+        security.reload()
+        if http is not None:
+            http.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
     def runtime_usable(usable: bool) -> None:
         # Called from an inference or reload thread when the model runtime fails for good or
@@ -262,17 +273,21 @@ async def serve(config: ServerConfig) -> None:
     except BaseException:
         if opens_early:  # close the ports while the event loop that serves them still runs
             await server.stop(0)
+            if http is not None:
+                await http.stop()
         raise
     service.start()
     info = model_info(service, config.max_message_bytes, config.max_queue)
     servicer.ready(service, info)
+    if http is not None:
+        http.ready(service)
     if metrics is not None:
         size = f"{info.input_width}x{info.input_height}"
         metrics.model_loaded(info.name, info.backend, size, info.version)
     if stop.is_set():  # SIGTERM arrived while loading: never claim SERVING
         if not opens_early:
             await server.start()  # stop() below expects a started server
-        await _shut_down(server, health_servicer, service, config.grace_seconds)
+        await _shut_down(server, health_servicer, service, config.grace_seconds, http)
         return
     log.info(
         "model_loaded",
@@ -289,7 +304,7 @@ async def serve(config: ServerConfig) -> None:
     )
     await health_servicer.set_all(SERVING)
     if not opens_early:
-        await _open_ports(server, config, security)
+        await _open_ports(server, config, security, http)
     log.info("serving", addresses=listen_addresses(config))
 
     background = []
@@ -302,7 +317,7 @@ async def serve(config: ServerConfig) -> None:
         try:
             exporter = start_exporter(config.metrics_listen, metrics.registry)
         except (OSError, ValueError) as exc:
-            await _shut_down(server, health_servicer, service, config.grace_seconds)
+            await _shut_down(server, health_servicer, service, config.grace_seconds, http)
             raise StartupError(f"cannot serve metrics on {config.metrics_listen}: {exc}") from None
         log.info("metrics_listening", address=config.metrics_listen)
     await stop.wait()
@@ -313,7 +328,7 @@ async def serve(config: ServerConfig) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await _shut_down(server, health_servicer, service, config.grace_seconds)
+    await _shut_down(server, health_servicer, service, config.grace_seconds, http)
 
 
 def _load_pipeline(
@@ -346,7 +361,9 @@ def _load_pipeline(
     return pipeline, str(model_path), resolved
 
 
-async def _open_ports(server: grpc.aio.Server, config: ServerConfig, security: ServerSecurity) -> None:
+async def _open_ports(
+    server: grpc.aio.Server, config: ServerConfig, security: ServerSecurity, http: HttpFrontEnd | None
+) -> None:
     addresses = listen_addresses(config)
     for address in addresses:
         try:
@@ -359,13 +376,23 @@ async def _open_ports(server: grpc.aio.Server, config: ServerConfig, security: S
             raise StartupError(f"cannot listen on {address}")
     await server.start()
     log.info("listening", addresses=addresses)
+    if http is not None:
+        try:
+            await http.start()
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot serve HTTP on {config.http_listen}: {exc}") from None
 
 
 async def _shut_down(
-    server: grpc.aio.Server, health_servicer: HealthService, service: DetectionService[Any], grace: float
+    server: grpc.aio.Server,
+    health_servicer: HealthService,
+    service: DetectionService[Any],
+    grace: float,
+    http: HttpFrontEnd | None = None,
 ) -> None:
     log.info("draining", grace_seconds=grace)
     await health_servicer.drain()
-    await server.stop(grace)
+    # Both front ends drain at once, each within `grace`, before the batcher stops.
+    await asyncio.gather(server.stop(grace), *([http.stop()] if http is not None else []))
     await service.close(drain=True)
     log.info("stopped", **service.take_stats().summary())

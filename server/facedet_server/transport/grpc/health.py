@@ -34,6 +34,10 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             self._status = dict.fromkeys(self._status, status)
             self._changed.notify_all()
 
+    def serving(self, service: str = "") -> bool:
+        """Whether `service` reports SERVING now (the HTTP front end's /ping follows it)."""
+        return bool(self._status.get(service) == SERVING)
+
     async def drain(self) -> None:
         """NOT_SERVING from now on; open Watch streams send it and end."""
         await self.set_all(NOT_SERVING)
