@@ -64,6 +64,11 @@ func Dial(target string, security Security) (*Client, error) {
 			grpc.ForceCodec(codec{}),
 			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
 			grpc.MaxCallSendMsgSize(MaxMessageBytes),
+			// grpc keeps what a call sent, for a retry, up to this; past it (256 KiB by default:
+			// a photo) the call is committed to its first server and the retry policy never
+			// applies. A unary call's request is in memory anyway; a stream's frames are kept
+			// only until the server's first answer.
+			grpc.MaxRetryRPCBufferSize(MaxMessageBytes),
 		),
 	}
 	dialled := target

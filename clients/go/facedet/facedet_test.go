@@ -90,7 +90,8 @@ func serve(t *testing.T, server facedetv1.FaceDetectorServer) string {
 }
 
 // The service config's retry policy is in force (grpc-go 1.33 needs GRPC_GO_RETRY=on, which
-// package retryon sets before grpc starts): a call that fails with UNAVAILABLE is sent again.
+// package retryon sets before grpc starts): a call that fails with UNAVAILABLE is sent again,
+// a photo-sized one too (over grpc's default 256 KiB retry buffer).
 func TestUnavailableIsRetried(t *testing.T) {
 	server := &flaky{failures: 2}
 	client, err := Dial(serve(t, server), Security{})
@@ -101,7 +102,7 @@ func TestUnavailableIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	response, err := client.DetectFaces(ctx, &facedetv1.DetectFacesRequest{
-		Image: &facedetv1.DetectFacesRequest_Encoded{Encoded: []byte{0xff, 0xd8}},
+		Image: &facedetv1.DetectFacesRequest_Encoded{Encoded: make([]byte, 1<<20)},
 	})
 	if err != nil || response.GetImageWidth() != 7 {
 		t.Fatalf("DetectFaces = %v, %v; want a response after retries", response, err)
