@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -300,12 +301,17 @@ def test_health_codec() -> None:
         ("localhost:50051", False),
         ("unix:///run/facedet.sock", False),
         ("ipv4:127.0.0.1:50070", False),
-        ("dns:///a,b", False),  # a resolver's name, not a list gRPC splits
+        # A DNS name may resolve to several servers (a Kubernetes headless Service's pods).
+        ("dns:///facedet.default.svc.cluster.local:50051", True),
     ],
 )
 def test_a_target_listing_front_ends_gets_round_robin(target: str, balanced: bool) -> None:
     options = dict(channel_options(target=target))
     assert (options.get("grpc.lb_policy_name") == "round_robin") is balanced
+    if balanced:  # losing one server fails no call: wait for another, retry UNAVAILABLE
+        (method,) = json.loads(options["grpc.service_config"])["methodConfig"]
+        assert method["waitForReady"] is True
+        assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     # The caller's own choice still wins (gRPC takes the last value of a key).
     chosen = channel_options([("grpc.lb_policy_name", "pick_first")], target)
     assert chosen[-1] == ("grpc.lb_policy_name", "pick_first")

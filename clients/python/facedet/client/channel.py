@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +57,50 @@ def _host_with_port(host: str) -> str:
     return host
 
 
+# For a target of several servers (replicas, or the front ends of one server): round_robin
+# sends each call or stream to the next ready address (gRPC's default, pick_first, would send
+# everything to the first); a call waits for some address to be ready rather than failing on
+# the one that just died, and one that failed with UNAVAILABLE before any response (the replica
+# was killed or is draining) is retried on the next address, so losing a replica fails no call.
+BALANCED_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE}],
+                "waitForReady": True,
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
 def channel_options(extra: ChannelOptions = (), target: str = "") -> list[tuple[str, Any]]:
     """Our defaults, then the caller's (gRPC takes the last value given for a key).
 
-    A `target` that lists several addresses (`ipv4:10.0.0.1:50070,10.0.0.1:50071`,
-    `unix:/run/facedet/front-end-0.sock,/run/facedet/front-end-1.sock`: the front ends of a
-    server with --front-end-listen) gets gRPC's round_robin, which sends each call or stream
-    to the next address; gRPC's default would send everything to the first."""
-    balancing = [("grpc.lb_policy_name", "round_robin")] if lists_several_addresses(target) else []
+    A `target` of several servers gets BALANCED_SERVICE_CONFIG: an address list
+    (`ipv4:10.0.0.1:50070,10.0.0.1:50071`, `unix:/run/facedet/front-end-0.sock,/run/...`:
+    replicas, or the front ends of a server with --front-end-listen) or a DNS name
+    (`dns:///facedet.default.svc:50051`, a Kubernetes headless Service: every ready pod)."""
+    balancing = (
+        [
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.service_config", BALANCED_SERVICE_CONFIG),
+            # A replica that comes back gets calls within a few seconds: gRPC's own reconnect
+            # backoff grows to 120 s, which would leave a restarted replica idle for minutes.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 3000),
+        ]
+        if is_balanced_target(target)
+        else []
+    )
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -77,6 +114,12 @@ def lists_several_addresses(target: str) -> bool:
     take a comma-separated list)."""
     scheme, _, addresses = target.partition(":")
     return scheme in ("ipv4", "ipv6", "unix") and "," in addresses
+
+
+def is_balanced_target(target: str) -> bool:
+    """Whether calls to `target` are spread over several servers: an address list, or a
+    `dns:` name, which may resolve to several (one per replica behind a headless Service)."""
+    return lists_several_addresses(target) or target.startswith("dns:")
 
 
 @dataclass(frozen=True)
