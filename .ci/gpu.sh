@@ -38,6 +38,14 @@
 #                       engines2   default + --engines 2
 #                       single     one process, no flags; clients on 127.0.0.1:50060
 #                       pipelines  default + --engine-process off (four whole pipelines)
+#                       auto       no topology flags: the automatic --processes, --front-end-listen
+#                                  and --devices; the clients round_robin over the front ends'
+#                                  own addresses the supervisor logs (issue 15's goal: >= 90% of
+#                                  default on each load)
+#                       devices    auto with --devices 0, then 0,1, 0,1,2,3 and 0..7 as far as the
+#                                  machine has GPUs (issue 19's scaling: one engine per GPU, four
+#                                  front ends per GPU where the CPUs allow); results named
+#                                  devices-N for N GPUs
 #   --serve-args F    extra `facedet serve` flags for every --bench configuration (word-split).
 #   --tests-timeout S seconds the --tests step may take (default 560: the device tool stops a
 #                     command at 600 s; the full suite took up to 585 s with its memory tests).
@@ -64,7 +72,7 @@ set -o pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RR4=ipv4:127.0.0.1:50070,127.0.0.1:50071,127.0.0.1:50072,127.0.0.1:50073
 QUIET='^W1|pow_by_natural|Warn'  # torch compile chatter
-BENCH_NAMES="default engines2 single pipelines"
+BENCH_NAMES="default engines2 single pipelines auto devices"
 
 usage() {  # the header comment above, without its '# '
   sed -n '2,/^$/{/^#/!d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -328,16 +336,32 @@ run_trt() {
 
 S=  # the running server's pid (also its process group: it runs under setsid)
 
-start_server() {  # name, processes, serve flags...: S, $LOGS/server-NAME.log
-  local name=$1 n=$2 log="$LOGS/server-$1.log" i launcher=()
+announced_front_ends() {  # server log: the front ends --processes auto chose ("" until known)
+  python3 - "$1" 2> /dev/null << 'PY'
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+events = {r.get("event"): r for r in records}
+if "engine_process" in events:
+    print(events["engine_process"]["front_ends"])
+elif "processes" in events:
+    print(events["processes"]["count"])
+elif "model_loaded" in events:
+    print(1)  # one process: no supervisor
+PY
+}
+
+start_server() {  # name, processes (or auto), serve flags...: S, $LOGS/server-NAME.log
+  local name=$1 n=$2 log="$LOGS/server-$1.log" i launcher=() procs=() want=$2
   shift 2
   command -v setsid > /dev/null && launcher=(setsid)
-  echo "serve --processes $n $*"
-  "${launcher[@]}" "${FD[@]}" serve --model "$FACEDET_MODEL" --listen 127.0.0.1:50060 --processes "$n" \
+  [ "$n" = auto ] || procs=(--processes "$n")
+  echo "serve ${procs[*]} $*"
+  "${launcher[@]}" "${FD[@]}" serve --model "$FACEDET_MODEL" --listen 127.0.0.1:50060 "${procs[@]}" \
     --backend torch --stream-window 32 --summary-interval 4 "$@" > "$log" 2>&1 &
   S=$!
   for i in $(seq 1 400); do  # the first start compiles the model's shapes (cold cache)
-    if [ "$(grep -cE '"event": *"serving"' "$log")" -ge "$n" ]; then
+    [ "$n" = auto ] && want=$(announced_front_ends "$log")
+    if [ -n "$want" ] && [ "$(grep -cE '"event": *"serving"' "$log")" -ge "$want" ]; then
       echo "serving after ~$i s"
       grep -E '"model_loaded"' "$log" | head -1 | cut -c1-300
       return 0
@@ -387,8 +411,26 @@ bench() {  # load name, facedet bench flags...: one client run against $TARGET, 
   return "$rc"
 }
 
-run_config() {  # a --bench NAME: serve, the three loads, the engine's last summaries, stop
+front_end_target() {  # server log: its front ends' own addresses as a round_robin target
+  grep -m1 -E '"event": *"engine_process"' "$1" | python3 -c '
+import json, sys
+text = sys.stdin.read()
+own = json.loads(text).get("front_end_addresses", []) if text else []
+print("ipv4:" + ",".join(own) if len(own) > 1 else "127.0.0.1:50060")'
+}
+
+run_devices() {  # --bench devices: the auto layout on 1, 2, 4, 8 GPUs, as far as there are GPUs
+  local gpus list
+  gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+  for list in 0 0,1 0,1,2,3 0,1,2,3,4,5,6,7; do
+    [ "$(echo "$list" | tr ',' '\n' | wc -l)" -le "$gpus" ] || break
+    run_config "devices-$(echo "$list" | tr ',' '\n' | wc -l)" --devices "$list"
+  done
+}
+
+run_config() {  # a --bench NAME [serve flags]: serve, the three loads, the engine's last summaries, stop
   CONFIG=$1
+  shift
   local procs=4 engine_lines=2 flags=(--front-end-listen 127.0.0.1:50070)
   TARGET=$RR4
   case $CONFIG in
@@ -396,12 +438,16 @@ run_config() {  # a --bench NAME: serve, the three loads, the engine's last summ
     engines2) flags+=(--engines 2); engine_lines=4 ;;
     single) procs=1; flags=(); engine_lines=0; TARGET=127.0.0.1:50060 ;;
     pipelines) flags+=(--engine-process off); engine_lines=0 ;;
+    auto | devices-*) procs=auto; flags=("$@"); engine_lines=8 ;;
+    devices) run_devices; return ;;
   esac
   if ! step "$CONFIG: start" start_server "$CONFIG" "$procs" "${flags[@]}" "${SERVE_EXTRA[@]}"; then
     stop_server > /dev/null
     skip_step "$CONFIG: loads" "the server did not start"
     return
   fi
+  [ "$procs" != auto ] || TARGET=$(front_end_target "$LOGS/server-$CONFIG.log")
+  echo "$CONFIG: clients on $TARGET"
   step "$CONFIG: open loop" bench open-loop --rate 2000 --concurrency 512 --duration 8 --warmup 2
   step "$CONFIG: unary" bench unary --concurrency 256 --duration 8 --warmup 2
   step "$CONFIG: streams" bench streams --stream --window 8 --concurrency 128 --processes 8 --duration 6 --warmup 2

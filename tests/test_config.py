@@ -143,7 +143,10 @@ def test_bad_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> No
         (["--engine-wait", "-5"], "engine_wait must be a number >= 0"),
         (["--engine-timeout", "0"], "engine_timeout must be a number > 0"),
         (["--role", "engine"], "--role engine needs --engine-socket"),
-        (["--front-end-listen", "127.0.0.1:50070"], "with one process, add the address to --listen"),
+        (
+            ["--processes", "1", "--front-end-listen", "127.0.0.1:50070"],
+            "with one process, add the address to --listen",
+        ),
         (["--front-end-index", "-2"], "front_end_index must be >= 0, or -1"),
         (
             ["--processes", "2", "--front-end-listen", "unix:///run/fe.sock"],

@@ -792,7 +792,7 @@ def test_one_engine_and_logs_say_who_wrote_them(engine_server: Server) -> None:
     front = [r for r in records if r.get("role") == "frontend"]
     assert {r["process"] for r in front} == {"0", "1"}
     assert [r["event"] for r in front].count("model_loaded") == 2
-    supervisor_events = {"engine_process", "processes", "engine_exited"}
+    supervisor_events = {"engine_process", "processes", "engine_exited", "engine_started"}
     for record in records:
         if record["event"] not in supervisor_events:
             assert record.get("role") in ("engine", "frontend") and "process" in record, record
@@ -819,9 +819,10 @@ def test_engine_stops_last(engine_server: Server) -> None:
 
 def test_two_engines_share_the_front_ends(start_server: ServerFactory, plain_server: Server) -> None:
     """--engines 2: two engine processes, front end i on engine i mod 2; clients spread over the
-    front ends by the kernel get the plain server's faces whichever engine ran them, and the
-    death of either engine stops the whole set."""
-    server = start_supervised(start_server, "--processes", "2", "--engines", "2", "--summary-interval", "1")
+    front ends by the kernel get the plain server's faces whichever engine ran them, and with
+    --engine-restarts 0 the death of either engine stops the whole set (restarts: test_topology)."""
+    flags = ("--processes", "2", "--engines", "2", "--summary-interval", "1", "--engine-restarts", "0")
+    server = start_supervised(start_server, *flags)
     assert server.proc is not None
     children = child_pids(server.proc.pid)
     try:
@@ -874,7 +875,8 @@ def test_engines_without_an_engine_process_is_refused() -> None:
 
 
 def test_supervisor_exits_non_zero_when_the_engine_is_killed(start_server: ServerFactory) -> None:
-    server = start_supervised(start_server, "--processes", "2")
+    """With --engine-restarts 0 (restarts: test_topology), an engine's death stops the server."""
+    server = start_supervised(start_server, "--processes", "2", "--engine-restarts", "0")
     assert server.proc is not None
     children = child_pids(server.proc.pid)
     try:
@@ -898,9 +900,12 @@ def test_supervisor_exits_non_zero_when_the_engine_is_killed(start_server: Serve
 
 def test_one_front_end_on_a_unix_socket_and_an_engine_stopped_by_sigterm(start_server: ServerFactory) -> None:
     """--processes 1 --engine-process on: one front end, unix listen addresses allowed. An engine
-    that exits, even cleanly (SIGTERM sent to it alone), is still a failure for the supervisor."""
+    that exits, even cleanly (SIGTERM sent to it alone), is still a failure for the supervisor
+    (past --engine-restarts 0)."""
     # --grace-seconds 2: how long the engine keeps serving its still-connected front end.
-    server = start_supervised(start_server, "--processes", "1", "--grace-seconds", "2", unix=True)
+    server = start_supervised(
+        start_server, "--processes", "1", "--grace-seconds", "2", "--engine-restarts", "0", unix=True
+    )
     assert server.proc is not None
     children = child_pids(server.proc.pid)
     try:
@@ -984,9 +989,10 @@ def test_engine_given_sigterm_serves_its_front_ends_until_they_hang_up(start_ser
             assert len(stub.DetectFaces(request, timeout=30).faces) == 2
             engine.signal(signal.SIGTERM)
             wait_for(lambda: bool(events(engine, "engine_draining")), 10, "the engine to start draining")
-            # One connection per inference thread of the front end (its batch workers).
+            # One connection per inference thread of the front end (its batch workers), and the
+            # one through which the front end watches the engine (EnginePipeline.watch).
             workers = events(front, "model_loaded")[0]["batch_workers"]
-            assert events(engine, "engine_draining")[0]["front_ends"] == workers
+            assert events(engine, "engine_draining")[0]["front_ends"] == workers + 1
             assert not socket_path.exists(), "a draining engine takes no new front ends"
             for _ in range(3):
                 assert len(stub.DetectFaces(request, timeout=30).faces) == 2

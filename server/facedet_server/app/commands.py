@@ -30,10 +30,19 @@ def _serve(args: argparse.Namespace) -> int:
         structlog.contextvars.bind_contextvars(
             role=server_config.role, process=os.environ.get("FACEDET_PROCESS_INDEX", "0")
         )
+    gpus: list[str] = []
+    if server_config.role == "server":
+        from facedet_server.app import topology
+
+        try:  # --processes auto, the front ends' own addresses, the GPUs of --devices
+            server_config, gpus = topology.resolve_for_host(server_config)
+        except ValueError as exc:
+            print(f"facedet serve: {exc}", file=sys.stderr)
+            return 2
     if config.supervises(server_config):
         from facedet_server.app import supervisor
 
-        return supervisor.run(server_config, sys.argv[1:])
+        return supervisor.run(server_config, sys.argv[1:], gpus)
     if server_config.role == "engine":
         from facedet_server.app.engine_process import run_engine
 

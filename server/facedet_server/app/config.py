@@ -83,17 +83,23 @@ class Declaration:
     group: Group
     bounds: Bounds | None = None
     choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None  # in place of the field type's own parser
 
 
 _DECLARATION = "facedet.setting"  # the key of a Declaration in a field's metadata
 
 
 def declare(
-    help: str, group: Group, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None
+    help: str,
+    group: Group,
+    *,
+    bounds: Bounds | None = None,
+    choices: tuple[str, ...] | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> dict[str, Declaration]:
     """A `ServerConfig` field's metadata: `field(default_factory=..., metadata=declare(...))`,
     for the list settings, whose default must be a fresh list for each instance."""
-    return {_DECLARATION: Declaration(help, group, bounds, choices)}
+    return {_DECLARATION: Declaration(help, group, bounds, choices, parse)}
 
 
 def setting(
@@ -103,9 +109,10 @@ def setting(
     *,
     bounds: Bounds | None = None,
     choices: tuple[str, ...] | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> T:
     """A `ServerConfig` field with an immutable default, declared once."""
-    return field(default=default, metadata=declare(help, group, bounds=bounds, choices=choices))
+    return field(default=default, metadata=declare(help, group, bounds=bounds, choices=choices, parse=parse))
 
 
 def _bool(text: str) -> bool:
@@ -114,6 +121,11 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _count_or_auto(text: str) -> int:
+    """A count where `auto` means 0, automatic (`--processes auto`)."""
+    return 0 if text.strip().lower() == "auto" else int(text)
 
 
 def _choice(text: str) -> str:
@@ -259,6 +271,13 @@ class ServerConfig:
         bounds=Bounds(low=1, multiple_of=32),
     )
     device: str = setting("cuda:0", "GPU for the torch and tensorrt backends", MODEL_AND_DEVICE)
+    devices: str = setting(
+        "auto",
+        "GPUs to run engine processes on (--engines per GPU, front ends spread over them): all "
+        "(every visible GPU), indices (0,1,3), or auto: every visible GPU for a GPU backend "
+        "when --device is left at cuda:0, else --device alone",
+        MODEL_AND_DEVICE,
+    )
     gpu_decode: str = setting(
         "auto",
         "decode JPEGs on the GPU with nvJPEG (torch backend; what nvJPEG refuses is decoded on "
@@ -336,11 +355,14 @@ class ServerConfig:
 
     # process topology
     processes: int = setting(
-        1,
-        "gRPC server processes sharing the TCP ports (SO_REUSEPORT), for when one Python "
-        "process cannot keep a GPU busy; they feed the engine process (--engines of them) or "
-        "each run their own model (see --engine-process)",
+        0,
+        "gRPC front-end processes sharing the TCP ports (SO_REUSEPORT), for when one Python "
+        "process cannot keep a GPU busy; they feed the engine processes or each run their own "
+        "model (see --engine-process). 0 or auto = automatic: 1 on the CPU; on GPUs min(4 per "
+        "GPU, usable CPUs / 4), at least one per engine (docs/operations.md)",
         TOPOLOGY,
+        bounds=ZERO_IS_AUTOMATIC,
+        parse=_count_or_auto,
     )
     front_end_listen: list[str] = field(
         default_factory=list,
@@ -349,7 +371,9 @@ class ServerConfig:
             "so clients can spread their calls over the front ends (gRPC round_robin over the list) "
             "rather than rely on SO_REUSEPORT's hash of their connections, which can leave a front "
             "end idle; {i} becomes the front end's index (unix:///run/facedet/front-end-{i}.sock), "
-            "and HOST:PORT without {i} means PORT+i; repeat for several (env: comma-separated)",
+            "and HOST:PORT without {i} means PORT+i; repeat for several (env: comma-separated). "
+            "Left empty with several front ends: the first TCP --listen address's port + 1 + i "
+            "(50052, 50053, ... for the default --listen); `none` gives them no address of their own",
             TOPOLOGY,
         ),
     )
@@ -371,9 +395,9 @@ class ServerConfig:
     )
     engines: int = setting(
         1,
-        "with an engine process: how many engine processes the front ends share (front end i "
-        "uses engine i mod N); each has its own model, JPEG decoder and interpreter, and its own "
-        "GPU memory",
+        "with an engine process: engine processes per device of --devices (front end i uses "
+        "engine i mod the total); each has its own model, JPEG decoder and interpreter, and "
+        "its own GPU memory",
         TOPOLOGY,
         bounds=POSITIVE,
     )
@@ -401,6 +425,21 @@ class ServerConfig:
         "larger than --max-batch lets the engine merge several front ends' batches into one",
         TOPOLOGY,
         bounds=ZERO_IS_AUTOMATIC,
+    )
+    engine_restarts: int = setting(
+        5,
+        "restarts of one engine process within --engine-restart-window seconds; an engine that "
+        "dies more often than that stops the server (front ends drained, exit status 1). "
+        "Front ends answer UNAVAILABLE while their engine is down (0 = never restart)",
+        TOPOLOGY,
+        bounds=NOT_NEGATIVE,
+    )
+    engine_restart_window: float = setting(
+        300.0,
+        "seconds over which --engine-restarts are counted; restarts wait 1 s, then twice as "
+        "long after each death in the window (at most 30 s)",
+        TOPOLOGY,
+        bounds=Bounds(low=0, low_open=True),
     )
     engine_wait: float = setting(
         900.0,
@@ -496,7 +535,8 @@ def _settings() -> tuple[Setting, ...]:
                 default=f.default_factory() if callable(f.default_factory) else f.default,
                 help=declared.help,
                 group=declared.group,
-                parse=str if repeatable else _choice if declared.choices else _PARSERS[kind],
+                parse=declared.parse
+                or (str if repeatable else _choice if declared.choices else _PARSERS[kind]),
                 repeatable=repeatable,
                 choices=declared.choices,
                 bounds=declared.bounds,
@@ -627,13 +667,15 @@ def validate(config: ServerConfig) -> None:
         )
     if config.role != "server" and not config.engine_socket:
         problems.append(f"--role {config.role} needs --engine-socket")
-    if config.engines >= 1 and config.engines > config.processes:  # engines < 1: its bounds say so
+    # engines < 1: its bounds say so; processes 0 (automatic) is checked once resolved.
+    if config.engines >= 1 and config.engines > config.processes >= 1:
         problems.append("--engines cannot exceed --processes (each engine needs a front end)")
     if config.role != "server" and config.processes > 1:
         problems.append("--processes applies to --role server (it starts the engine and front ends)")
     if not config.listen:
         problems.append("at least one --listen address is needed")
     problems += _front_end_problems(config)
+    problems += devices_problems(config.devices)
     problems += security_problems(config)
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
@@ -669,6 +711,18 @@ def supervises(config: ServerConfig) -> bool:
     return config.role == "server" and (config.processes > 1 or config.engine_process == "on")
 
 
+def devices_problems(text: str) -> list[str]:
+    """What is wrong with a --devices value: auto, all, or comma-separated GPU indices."""
+    if text in ("auto", "all"):
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        return [f"--devices {text!r}: expected auto, all or GPU indices such as 0,1"]
+    if len(set(parts)) != len(parts):
+        return [f"--devices {text!r} names a GPU twice"]
+    return []
+
+
 def front_end_addresses(templates: Sequence[str], index: int) -> list[str]:
     """Front end `index`'s own addresses: {i} in a template becomes the index; a TCP HOST:PORT
     without it becomes HOST:PORT+index, so `--front-end-listen 127.0.0.1:50070` gives front
@@ -686,7 +740,7 @@ def front_end_addresses(templates: Sequence[str], index: int) -> list[str]:
 def listen_addresses(config: ServerConfig) -> list[str]:
     """Every address this process serves on: the shared --listen ones, and its own as a front
     end of --processes."""
-    if config.front_end_index < 0:
+    if config.front_end_index < 0 or config.front_end_listen == ["none"]:
         return list(config.listen)
     return [*config.listen, *front_end_addresses(config.front_end_listen, config.front_end_index)]
 
@@ -702,6 +756,10 @@ def _front_end_problems(config: ServerConfig) -> list[str]:
     if config.front_end_index < -1:  # its bounds report it
         return []
     if not config.front_end_listen or config.role == "engine":  # an engine serves no gRPC
+        return []
+    if config.front_end_listen == ["none"]:  # no addresses of their own
+        return []
+    if config.processes == 0 and config.role == "server":  # automatic: checked once resolved
         return []
     if supervises(config):
         indices = list(range(config.processes))

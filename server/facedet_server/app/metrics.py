@@ -107,6 +107,14 @@ class PrometheusMetrics:
             multiprocess_mode="max",
             registry=registry,
         )
+        self.engine_serving = Gauge(
+            "facedet_engine_serving",
+            "Whether an engine process can run requests (1) or is down or restarting (0), as "
+            "its front ends see it; by engine and device",
+            ["engine", "device"],
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
         self._gpu_memory: Gauge | None = None
         self._read_gpu_memory: Callable[[], int] | None = None
         self.registry = registry
@@ -142,6 +150,9 @@ class PrometheusMetrics:
             self._gpu_memory.set(self._read_gpu_memory())
 
     # The app, once the model is loaded
+    def engine_state(self, engine: str, device: str, serving: bool) -> None:
+        self.engine_serving.labels(engine, device).set(1 if serving else 0)
+
     def model_loaded(self, name: str, runtime: str, input_size: str, version: str) -> None:
         self.model_info.labels(name, runtime, input_size, version).set(1)
         self._read_gpu_memory = cuda_memory_reader()

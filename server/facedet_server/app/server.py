@@ -33,6 +33,7 @@ from facedet_server.app.http_front import HttpSetupError, http_front_end
 from facedet_server.app.memory import trim_periodically
 from facedet_server.app.metrics import PrometheusMetrics, for_process, start_exporter
 from facedet_server.app.security import SecurityError, ServerSecurity
+from facedet_server.app.topology import Layout, engine_states
 from facedet_server.faces.options import Options
 from facedet_server.model.files import (
     ModelFileError,
@@ -278,6 +279,10 @@ async def serve(config: ServerConfig) -> None:
         raise
     service.start()
     info = model_info(service, config.max_message_bytes, config.max_queue)
+    layout = Layout.from_env()  # set by the supervisor of --processes for its front ends
+    if layout is not None:
+        info.front_end_addresses.extend(layout.published_addresses)
+    servicer.engines = _engines_view(pipeline, layout)
     servicer.ready(service, info)
     if http is not None:
         http.ready(service)
@@ -303,6 +308,7 @@ async def serve(config: ServerConfig) -> None:
         seconds=round(time.perf_counter() - started, 2),
     )
     await health_servicer.set_all(SERVING)
+    _follow_engine(pipeline, health_servicer, loop, metrics, layout)
     if not opens_early:
         await _open_ports(server, config, security, http)
     log.info("serving", addresses=listen_addresses(config))
@@ -329,6 +335,54 @@ async def serve(config: ServerConfig) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await _shut_down(server, health_servicer, service, config.grace_seconds, http)
+
+
+def _engines_view(pipeline: Pipeline[Any], layout: Layout | None) -> Callable[[], list[pb.EngineInfo]]:
+    """GetModelInfo.engines: every engine of the layout and whether it serves now, or this
+    process itself where it runs the model."""
+    from facedet_server.engine.client import EnginePipeline
+
+    if isinstance(pipeline, EnginePipeline):
+        engine = pipeline
+        if layout is None:  # a front end run by hand (--role frontend)
+            return lambda: [pb.EngineInfo(name="engine", device=engine.info.device, serving=engine.serving)]
+        view = layout
+        return lambda: [
+            pb.EngineInfo(name=name, device=device, serving=serving)
+            for name, device, serving in engine_states(view, engine.serving)
+        ]
+    own = [pb.EngineInfo(name="server", device=pipeline.backend.device, serving=True)]
+    return lambda: own
+
+
+def _follow_engine(
+    pipeline: Pipeline[Any],
+    health_servicer: HealthService,
+    loop: asyncio.AbstractEventLoop,
+    metrics: PrometheusMetrics | None,
+    layout: Layout | None,
+) -> None:
+    """A front end's health follows its engine: NOT_SERVING while the engine is down (it died
+    and the supervisor restarts it), SERVING again once it answers; calls meanwhile get
+    UNAVAILABLE. The engine's state is a metric too, labelled with its name and device."""
+    from facedet_server.engine.client import EnginePipeline
+
+    if not isinstance(pipeline, EnginePipeline):
+        return
+    name, device = "engine", pipeline.info.device
+    if layout is not None and 0 <= layout.engine < len(layout.engines):
+        name, device, _ = layout.engines[layout.engine]
+    if metrics is not None:
+        metrics.engine_state(name, device, True)
+
+    def changed(serving: bool) -> None:
+        log.warning("engine_back" if serving else "engine_down", engine=name, device=device)
+        if metrics is not None:
+            metrics.engine_state(name, device, serving)
+        status = SERVING if serving else NOT_SERVING
+        asyncio.run_coroutine_threadsafe(health_servicer.set_all(status), loop)
+
+    pipeline.watch(changed)
 
 
 def _load_pipeline(

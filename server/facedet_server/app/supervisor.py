@@ -1,14 +1,18 @@
 """`facedet serve --processes N` (and `--engine-process on`): start the child processes, forward
-SIGTERM/SIGINT to them, and exit when they do.
+SIGTERM/SIGINT to them, restart an engine that dies, and exit when the front ends do.
 
-With engine processes (`--engines`, one by default) the order matters: the engines start first
-and stop last, so front ends draining their in-flight calls still have a model to run them on;
-if an engine dies, the front ends are stopped too and the exit status says so (an orchestrator
-then restarts the pod, rather than keeping front ends that can only answer UNAVAILABLE)."""
+With engine processes (`--engines` per device of `--devices`) the order matters: the engines
+start first and stop last, so front ends draining their in-flight calls still have a model to
+run them on. An engine that dies is restarted on the same socket path and device, after 1 s and
+then twice as long after each further death within --engine-restart-window (at most 30 s); its
+front ends meanwhile answer UNAVAILABLE and report NOT_SERVING, the other engines' front ends
+are untouched. An engine that dies more than --engine-restarts times within the window is a
+failure restarting cannot cure (a broken GPU, a model that no longer loads): the front ends are
+stopped and the exit status is the engine's (1 where it exited 0), so an orchestrator restarts
+the pod or pages someone."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -16,18 +20,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from facedet_server.app.config import ServerConfig
+from facedet_server.app.topology import (
+    TOPOLOGY_ENV,
+    EnginePlace,
+    Layout,
+    cuda_available,
+    engine_of,
+    own_addresses,
+    place_engines,
+)
 
 log = structlog.get_logger("facedet.supervisor")
 
+FIRST_RESTART_DELAY = 1.0  # seconds; doubled after each death within the window
+MAX_RESTART_DELAY = 30.0
 
-def wants_engine(config: ServerConfig) -> tuple[bool, str]:
-    """Whether --processes/--engine-process run the model in one engine process, and why."""
+
+def wants_engine(config: ServerConfig, gpu_found: bool | None = None) -> tuple[bool, str]:
+    """Whether --processes/--engine-process run the model in engine processes, and why.
+    `gpu_found`: whether the topology found a CUDA GPU to use (None: ask torch here)."""
     if config.engine_process != "auto":
         return config.engine_process == "on", f"--engine-process {config.engine_process}"
     if config.processes <= 1:
@@ -37,32 +56,46 @@ def wants_engine(config: ServerConfig) -> tuple[bool, str]:
     if config.backend == "auto":
         if config.model and Path(config.model).suffix in (".plan", ".engine"):
             return True, "a TensorRT engine runs on a GPU: one process, one CUDA context"
-        if _cuda_available():
+        if cuda_available() if gpu_found is None else gpu_found:
             return True, "a CUDA GPU and torch are present: one process, one CUDA context"
     return False, "ONNX Runtime on the CPU: each process runs its own model on its own cores"
 
 
-def _cuda_available() -> bool:
-    """The same test as backend selection, asked in a short-lived child: the supervisor itself
-    stays a small process without torch loaded."""
-    if importlib.util.find_spec("torch") is None:
-        return False
-    probe = [sys.executable, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"]
-    return subprocess.run(probe, check=False, capture_output=True).returncode == 0
+def restart_delay(deaths: int) -> float:
+    """Seconds before restarting an engine that has died `deaths` times within the window."""
+    return min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2.0 ** max(deaths - 1, 0))
 
 
-def run(config: ServerConfig, argv: Sequence[str]) -> int:
+@dataclass
+class _Engine:
+    place: EnginePlace
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    deaths: deque[float] = field(default_factory=deque)  # monotonic times within the window
+    restart_at: float | None = None
+
+
+def run(config: ServerConfig, argv: Sequence[str], gpus: Sequence[str] = ()) -> int:
     """`argv` is this command's own arguments; each child gets them plus its role's flags (the
-    last occurrence of a flag wins)."""
-    use_engine, reason = wants_engine(config)
+    last occurrence of a flag wins). `gpus`: the CUDA devices that get engines (`topology`)."""
+    use_engine, reason = wants_engine(config, bool(gpus))
     if config.engines > 1 and not use_engine:
         print(
             f"facedet serve: --engines {config.engines} needs engine processes, and there are none: {reason}",
             file=sys.stderr,
         )
         return 2
+    if len(gpus) > 1 and not use_engine:
+        print(
+            f"facedet serve: {len(gpus)} GPUs need engine processes, and there are none: {reason}",
+            file=sys.stderr,
+        )
+        return 2
     base = [sys.executable, "-m", "facedet.cli", *argv, "--processes", "1", "--engines", "1"]
-    extra_env: dict[str, str] = {}
+    # Each front end's own addresses, as resolved (automatic ones included): through the
+    # environment, so a --front-end-listen on the command line, which the children also get,
+    # still wins, and is not given twice.
+    extra_env: dict[str, str] = {"FACEDET_FRONT_END_LISTEN": ",".join(config.front_end_listen)}
     exporter, metrics_dir = None, None
     if config.metrics_listen:
         # The children record into one folder and this process serves it: one scrape, every process.
@@ -79,10 +112,13 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
             return 1
         base += ["--metrics-listen", ""]
     socket_dir = Path(tempfile.mkdtemp(prefix="facedet-engine-")) if use_engine else None  # mode 0700
-    engines: list[subprocess.Popen[bytes]] = []
+    engines: list[_Engine] = []
     children: list[subprocess.Popen[bytes]] = []
+    stopping: list[int] = []  # the signal that stops the server, once one came
 
     def forward(signum: int, _frame: object) -> None:
+        if signum != signal.SIGHUP:
+            stopping.append(signum)
         for child in children:  # front ends first; the engines once they are gone
             child.send_signal(signum)
 
@@ -94,38 +130,66 @@ def run(config: ServerConfig, argv: Sequence[str]) -> int:
         shared = ["--reuse-port", "true"] if config.processes > 1 else []
         # Each front end knows its index: --front-end-listen gives it its own addresses.
         fronts = [[*shared, "--front-end-index", str(i)] for i in range(config.processes)]
+        front_envs = [dict(extra_env) for _ in fronts]
         if socket_dir is not None:
-            names = [_engine_name(k, config.engines) for k in range(config.engines)]
-            paths = [str(socket_dir / f"{name}.sock") for name in names]
-            log.info("engine_process", reason=reason, sockets=paths, front_ends=config.processes)
-            for name, path in zip(names, paths, strict=True):
+            places = place_engines(gpus, config.engines)
+            paths = [str(socket_dir / f"{place.name}.sock") for place in places]
+            device_of = [place.device or _configured_device(config) for place in places]
+            layout = Layout(
+                [own_addresses(config.front_end_listen, i) for i in range(config.processes)],
+                [(p.name, d, s) for p, d, s in zip(places, device_of, paths, strict=True)],
+            )
+            log.info(
+                "engine_process",
+                reason=reason,
+                sockets=paths,
+                devices=device_of,
+                front_ends=config.processes,
+                front_end_addresses=layout.published_addresses,
+            )
+            for place, path in zip(places, paths, strict=True):
                 # Its own session: a Ctrl-C on the terminal reaches the front ends, not the
                 # engine they still need while they drain.
                 engine_argv = [*base, "--role", "engine", "--engine-socket", path]
-                engines.append(_spawn(engine_argv, name, extra_env, new_session=True))
+                if place.device:
+                    engine_argv += ["--device", place.device]
+                engine = _Engine(place, engine_argv)
+                _start_engine(engine, extra_env)
+                engines.append(engine)
             for i, front in enumerate(fronts):
-                front += ["--role", "frontend", "--engine-socket", paths[i % len(paths)]]
+                k = engine_of(i, len(places))
+                front += ["--role", "frontend", "--engine-socket", paths[k]]
+                front_envs[i][TOPOLOGY_ENV] = layout.to_env(k)
         else:
             log.info("processes", reason=reason, count=config.processes)
-        children.extend(_spawn([*base, *front], str(i), extra_env) for i, front in enumerate(fronts))
-        engine_code = _wait(children, engines)
+        children.extend(
+            _spawn([*base, *front], str(i), env)
+            for i, (front, env) in enumerate(zip(fronts, front_envs, strict=True))
+        )
+        engine_code = _supervise(children, engines, config, extra_env, stopping)
         codes = [child.wait() for child in children]
         for engine in engines:
-            if engine.poll() is None:
-                engine.send_signal(signal.SIGTERM)
+            if engine.proc is not None and engine.proc.poll() is None:
+                engine.proc.send_signal(signal.SIGTERM)
         for engine in engines:
-            engine_code = engine_code or engine.wait()  # an engine that exited first failed
+            if engine.proc is not None:
+                engine_code = engine_code or engine.proc.wait()  # an engine that exited first failed
         return max([*codes, engine_code or 0], key=abs)
     finally:
-        for child in [*children, *engines]:
-            if child.poll() is None:
-                child.kill()
+        for proc in [*children, *(e.proc for e in engines if e.proc is not None)]:
+            if proc.poll() is None:
+                proc.kill()
         if socket_dir is not None:
             shutil.rmtree(socket_dir, ignore_errors=True)
         if exporter is not None:
             exporter.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _configured_device(config: ServerConfig) -> str:
+    """Where an engine with no GPU of its own runs, as GetModelInfo names it."""
+    return config.device if config.backend in ("torch", "tensorrt") else "cpu"
 
 
 def _spawn(
@@ -135,21 +199,62 @@ def _spawn(
     return subprocess.Popen(argv, env=env, start_new_session=new_session)
 
 
-def _engine_name(k: int, count: int) -> str:
-    """The process label (and socket name) of engine k: "engine" when there is one."""
-    return "engine" if count == 1 else f"engine-{k}"
+def _start_engine(engine: _Engine, extra_env: dict[str, str]) -> None:
+    engine.proc = _spawn(engine.argv, engine.place.name, extra_env, new_session=True)
+    engine.restart_at = None
+    # Its pid, for operators and tests (kill it to see a restart); also in its engine_serving line.
+    log.info(
+        "engine_started", engine=engine.place.name, pid=engine.proc.pid, device=engine.place.device or None
+    )
 
 
-def _wait(children: list[subprocess.Popen[bytes]], engines: list[subprocess.Popen[bytes]]) -> int | None:
-    """Until every front end has exited; if an engine exits first, stop the front ends (those
-    of the other engines too: the set is restarted as a whole) and return its status."""
+def _supervise(
+    children: list[subprocess.Popen[bytes]],
+    engines: list[_Engine],
+    config: ServerConfig,
+    extra_env: dict[str, str],
+    stopping: list[int],
+) -> int | None:
+    """Until every front end has exited, restarting engines that die. An engine past its
+    restart limit stops the front ends (all of them: the server is then broken as a whole)
+    and its status is returned; None when the front ends exited on their own or by signal."""
     while any(child.poll() is None for child in children):
-        dead = next((engine for engine in engines if engine.poll() is not None), None)
-        if dead is not None:
-            log.error("engine_exited", code=dead.returncode, action="stopping the front ends")
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            return dead.returncode or 1
+        now = time.monotonic()
+        for engine in engines:
+            if stopping:
+                break
+            if engine.proc is not None and engine.proc.poll() is not None:
+                code = engine.proc.returncode
+                engine.deaths.append(now)
+                while engine.deaths and engine.deaths[0] < now - config.engine_restart_window:
+                    engine.deaths.popleft()
+                pid = engine.proc.pid
+                engine.proc = None
+                if len(engine.deaths) > config.engine_restarts:
+                    log.error(
+                        "engine_exited",
+                        engine=engine.place.name,
+                        pid=pid,
+                        code=code,
+                        deaths_in_window=len(engine.deaths),
+                        window_s=config.engine_restart_window,
+                        action="stopping the front ends (restart limit reached)",
+                    )
+                    for child in children:
+                        if child.poll() is None:
+                            child.send_signal(signal.SIGTERM)
+                    return code or 1
+                delay = restart_delay(len(engine.deaths))
+                log.error(
+                    "engine_exited",
+                    engine=engine.place.name,
+                    pid=pid,
+                    code=code,
+                    deaths_in_window=len(engine.deaths),
+                    action=f"restarting in {delay:g} s",
+                )
+                engine.restart_at = now + delay
+            if engine.proc is None and engine.restart_at is not None and now >= engine.restart_at:
+                _start_engine(engine, extra_env)
         time.sleep(0.1)
     return None

@@ -2,14 +2,20 @@
 process. Requests are checked (and, off the GPU path, decoded) here with a `Preparer` equal to
 the engine's, built from the description the engine sends; each batch the front end's `Batcher`
 forms goes to the engine on the calling inference thread's connection, and its results come
-back in order."""
+back in order.
+
+An engine can die and be restarted by the supervisor at the same socket path. `watch` keeps one
+idle connection open to notice the death at once (the kernel closes it) and the return (a new
+connection answers Hello): the front end's health follows, and inference threads drop the
+connections they held to the dead engine instead of failing one more batch on them."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +68,12 @@ class EnginePipeline:
         self._local = threading.local()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        # Bumped each time the engine is found dead: a thread's connection from an older
+        # generation went to an engine that is gone.
+        self._generation = 0
+        self._closed = threading.Event()
+        self._watch_socket: socket.socket | None = None
+        self.serving = True
         self.info = info = self._connect(wait_seconds, aborted or threading.Event())
         self.spec: ModelSpec = codec.model_spec(info.spec)
         self.limits: Limits = codec.limits_of(info.limits)
@@ -109,10 +121,62 @@ class EnginePipeline:
         self._thread_socket()
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             sockets, self._sockets = self._sockets, []
+            watch, self._watch_socket = self._watch_socket, None
         for sock in sockets:
             sock.close()
+        if watch is not None:
+            with contextlib.suppress(OSError):
+                watch.shutdown(socket.SHUT_RDWR)  # wakes the watch thread's recv
+            watch.close()
+
+    def watch(self, on_change: Callable[[bool], None], retry_seconds: float = 0.2) -> threading.Thread:
+        """Follow the engine from a thread of its own: `on_change(False)` when it dies,
+        `on_change(True)` when an engine answers at the socket again (the supervisor restarted
+        it), until `close`."""
+        thread = threading.Thread(
+            target=self._watch, args=(on_change, retry_seconds), name="engine-watch", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _watch(self, on_change: Callable[[bool], None], retry_seconds: float) -> None:
+        while not self._closed.is_set():
+            try:
+                sock = self._open()
+                sock.settimeout(None)  # idle for as long as the engine lives
+                send_message(sock, Hello())
+                info = recv_message(sock).message
+            except OSError:  # not there (yet): restarting, loading its model
+                self._set_serving(False, on_change)
+                self._closed.wait(retry_seconds)
+                continue
+            with self._lock:
+                if self._closed.is_set():
+                    sock.close()
+                    return
+                self._watch_socket = sock
+            if isinstance(info, EngineInfo):
+                self.info = info
+                self._set_serving(True, on_change)
+            with contextlib.suppress(OSError):
+                recv_message(sock)  # the engine never sends more: this returns when it dies
+            with self._lock:
+                self._watch_socket = None
+            sock.close()
+            if not self._closed.is_set():
+                self._set_serving(False, on_change)
+
+    def _set_serving(self, serving: bool, on_change: Callable[[bool], None]) -> None:
+        if serving == self.serving:
+            return
+        if not serving:
+            with self._lock:
+                self._generation += 1
+        self.serving = serving
+        on_change(serving)
 
     def _connect(self, wait_seconds: float, aborted: threading.Event) -> EngineInfo:
         deadline = time.monotonic() + wait_seconds
@@ -153,9 +217,14 @@ class EnginePipeline:
 
     def _thread_socket(self) -> socket.socket:
         sock: socket.socket | None = getattr(self._local, "sock", None)
+        if sock is not None and getattr(self._local, "generation", 0) != self._generation:
+            self._drop_thread_socket()  # it went to an engine that has died since
+            sock = None
         if sock is None:
+            generation = self._generation
             sock = self._open()
             self._local.sock = sock
+            self._local.generation = generation
             with self._lock:
                 self._sockets.append(sock)
         return sock

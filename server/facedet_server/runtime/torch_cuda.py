@@ -16,10 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import structlog
 import torch
 
 from facedet_server.model.files import sha256_of
 from facedet_server.model.spec import ModelSpec
+from facedet_server.runtime.progress import StepProgress
+
+log = structlog.get_logger("facedet.runtime")
 
 
 def load_torch_model(model_path: Path) -> tuple[torch.nn.Module, ModelSpec]:
@@ -94,6 +98,8 @@ class TorchCudaBackend:
         # ones) run compiled; a shape first seen in traffic is captured from the eager module
         # (about a second) rather than stalling its batch for a compilation.
         self._compiled_shapes: set[tuple[int, int]] = set()
+        # First starts compile for minutes: the log says what, and for how long, meanwhile.
+        self._progress = StepProgress("compiling")
         self._local = _ThreadState()
         # One capture at a time: a capture must not see another thread's capture in progress.
         self._capture_lock = threading.Lock()
@@ -120,7 +126,19 @@ class TorchCudaBackend:
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(facedet_home() / "inductor"))
+        # The compiled kernels and graphs are kept on disk (inductor's FX graph and autograd
+        # caches, and Triton's kernels under the same folder), so only a first start pays the
+        # minutes of compiling; $TORCHINDUCTOR_CACHE_DIR, when set, wins.
+        cache = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(facedet_home() / "inductor")))
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        with contextlib.suppress(AttributeError):  # older torch: no autograd cache
+            inductor_config.autograd_cache = True  # type: ignore[attr-defined]
+        warm = cache.is_dir() and any(cache.iterdir())
+        log.info(
+            "compile_cache", path=str(cache), state="reused" if warm else "empty: a first start compiles"
+        )
         mode = "max-autotune-no-cudagraphs" if self.compile_mode == "max-autotune" else "default"
         compiled: torch.nn.Module = torch.compile(self.module, mode=mode, fullgraph=True)  # type: ignore[assignment]
         return compiled
@@ -174,8 +192,14 @@ class TorchCudaBackend:
                 # capture freezes them.
                 if compiled:
                     torch._dynamo.maybe_mark_dynamic(static_in, 0)
-                for _ in range(3):
-                    runner(static_in)
+                what = f"batch {bucket} at {w}x{h}"
+                with (
+                    self._progress.step(what, mode=self.compile_mode)
+                    if compiled
+                    else contextlib.nullcontext()
+                ):
+                    for _ in range(3):
+                        runner(static_in)
             side.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):

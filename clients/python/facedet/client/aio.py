@@ -20,6 +20,7 @@ from facedet.client.channel import (
 )
 from facedet.client.channel import channel_options as make_channel_options
 from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT, remaining
+from facedet.client.discovery import list_target
 from facedet.client.errors import FaceDetectorError
 from facedet.client.images import DEFAULT_PIXEL_FORMAT, Frame, ImageLike, PixelFormat, frame_request
 from facedet.client.messages import Detection, DetectionOptions, ModelInfo
@@ -29,9 +30,21 @@ from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 Frames = Iterable[ImageLike | Frame] | AsyncIterable[ImageLike | Frame]
 
 
+async def _answers(address: str, seconds: float) -> bool:
+    """Whether a health check at `address` gets an answer (any status) within `seconds`."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        check = channel.unary_unary(HEALTH_METHOD, None, None)
+        try:
+            await check(encode_health_request(""), timeout=seconds)
+        except grpc.RpcError as exc:
+            return FaceDetectorError.from_rpc_error(exc).code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    return True
+
+
 class AsyncFaceDetectorClient(ClientDefaults):
     """Same API as FaceDetectorClient, async. Create it inside the event loop that uses it
-    (grpc.aio binds a channel to the running loop), ideally as `async with`."""
+    (grpc.aio binds a channel to the running loop), ideally as `async with`.
+    `discover_front_ends` as in FaceDetectorClient."""
 
     def __init__(
         self,
@@ -46,19 +59,28 @@ class AsyncFaceDetectorClient(ClientDefaults):
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
         token: str | None = None,
+        discover_front_ends: bool = True,
     ) -> None:
+        # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
+        # certificate_chain + private_key this client's certificate for mutual TLS.
+        security = ChannelSecurity(root_certificates, certificate_chain, private_key, token)
         super().__init__(
             target,
             timeout=timeout,
             connect_timeout=connect_timeout,
             options=options,
             pixel_format=pixel_format,
+            discover_front_ends=discover_front_ends and not security.uses_tls,
         )
-        # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
-        # certificate_chain + private_key this client's certificate for mutual TLS.
-        security = ChannelSecurity(root_certificates, certificate_chain, private_key, token)
-        channel_settings = make_channel_options(channel_options, self.target)
-        self._channel = open_aio_channel(self.target, channel_settings, security)
+        self._security = security
+        self._extra_options = channel_options
+        self._discovery_lock = asyncio.Lock()
+        self._retired: list[grpc.aio.Channel] = []  # replaced by the front ends' channel
+        self._open(self.target)
+
+    def _open(self, target: str) -> None:
+        settings = make_channel_options(self._extra_options, target)
+        self._channel = open_aio_channel(target, settings, self._security)
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
 
@@ -157,13 +179,33 @@ class AsyncFaceDetectorClient(ClientDefaults):
     async def _probe(self, call_timeout: float | None) -> None:
         """See FaceDetectorClient._probe."""
         budget = self._probe_budget(call_timeout)
-        if budget is None:
-            return
-        try:
-            await self._health(encode_health_request(""), timeout=budget.seconds)
-        except grpc.RpcError as exc:
-            self._probe_failed(exc, budget)
-        self._answered = True
+        if budget is not None:
+            try:
+                await self._health(encode_health_request(""), timeout=budget.seconds)
+            except grpc.RpcError as exc:
+                self._probe_failed(exc, budget)
+            self._answered = True
+        if self._discovery_pending:
+            seconds = budget.seconds if budget else self.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+            await self._discover(seconds)
+
+    async def _discover(self, seconds: float) -> None:
+        async with self._discovery_lock:
+            if not self._discovery_pending:
+                return
+            info, error = None, None
+            try:
+                info = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=seconds)
+            except grpc.RpcError as exc:
+                error = exc
+            candidates = self._discovered(info, error)
+            answers = await asyncio.gather(*(_answers(a, min(seconds, 2.0)) for a in candidates))
+            found = [a for a, ok in zip(candidates, answers, strict=True) if ok]
+            if len(found) < 2:
+                return
+            self._retired.append(self._channel)  # calls in flight on it finish there
+            self._open(list_target(found))
+            self.front_ends = found
 
     async def wait_until_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -179,7 +221,8 @@ class AsyncFaceDetectorClient(ClientDefaults):
         raise FaceDetectorError("DEADLINE_EXCEEDED", f"{self.target} not SERVING after {timeout} s ({last})")
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        for channel in [*self._retired, self._channel]:
+            await channel.close(None)
 
     async def __aenter__(self) -> AsyncFaceDetectorClient:
         return self

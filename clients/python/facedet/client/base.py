@@ -10,6 +10,7 @@ import grpc
 
 from facedet.client.channel import with_default_port
 from facedet.client.connect import ConnectBudget, connect_budget, lost_server, probe_failure
+from facedet.client.discovery import dialable, dialed_host
 from facedet.client.errors import FaceDetectorError, NoAnswerError
 from facedet.client.images import ImageLike, PixelFormat, build_request
 from facedet.client.messages import DetectionOptions
@@ -25,8 +26,13 @@ class ClientDefaults:
         connect_timeout: float | None,
         options: DetectionOptions | None,
         pixel_format: PixelFormat,
+        discover_front_ends: bool = False,
     ) -> None:
         self.target = with_default_port(target)
+        # The front ends found through GetModelInfo (see discovery.py) that calls now spread
+        # over; empty while calls go to `target` itself.
+        self.front_ends: list[str] = []
+        self._discovery_pending = discover_front_ends and dialed_host(self.target) is not None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.options = options
@@ -51,6 +57,17 @@ class ClientDefaults:
             frame_id=frame_id,
             pixel_format=pixel_format or self.pixel_format,
         )
+
+    def _discovered(self, info: pb.ModelInfo | None, error: grpc.RpcError | None) -> list[str]:
+        """The front ends to check for an answer, from GetModelInfo's answer (or error): none
+        unless at least two. Discovery ends here unless the server could not answer yet."""
+        if error is not None:
+            code = FaceDetectorError.from_rpc_error(error).code
+            self._discovery_pending = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # try again
+            return []
+        self._discovery_pending = False
+        found = dialable(info.front_end_addresses, self.target) if info is not None else []
+        return found if len(found) > 1 else []
 
     def _probe_budget(self, call_timeout: float | None) -> ConnectBudget | None:
         """The bound on a health probe before the next call; None: no probe needed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
@@ -19,11 +20,23 @@ from facedet.client.channel import (
 )
 from facedet.client.channel import channel_options as make_channel_options
 from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT, remaining
+from facedet.client.discovery import list_target
 from facedet.client.errors import FaceDetectorError
 from facedet.client.images import DEFAULT_PIXEL_FORMAT, Frame, ImageLike, PixelFormat, frame_request
 from facedet.client.messages import Detection, DetectionOptions, ModelInfo
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+
+
+def _answers(address: str, seconds: float) -> bool:
+    """Whether a health check at `address` gets an answer (any status) within `seconds`."""
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary(HEALTH_METHOD, None, None)
+        try:
+            check(encode_health_request(""), timeout=seconds)
+        except grpc.RpcError as exc:
+            return FaceDetectorError.from_rpc_error(exc).code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    return True
 
 
 class FaceDetectorClient(ClientDefaults):
@@ -37,6 +50,11 @@ class FaceDetectorClient(ClientDefaults):
     ADDR within S s"; None leaves that to gRPC. `options` are the DetectionOptions used when a
     call passes none; `pixel_format` is the channel order of HxWx3 arrays when a call gives none
     (see `detect`).
+
+    `discover_front_ends` (on by default): when `target` is one TCP address of a server with
+    several front-end processes, the first call asks GetModelInfo for their own addresses and,
+    where at least two answer, later calls spread over them (round_robin; `front_ends` lists
+    them), else stay on `target`. Off with TLS, whose certificate names the host dialed.
     """
 
     def __init__(
@@ -52,19 +70,28 @@ class FaceDetectorClient(ClientDefaults):
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
         token: str | None = None,
+        discover_front_ends: bool = True,
     ) -> None:
+        # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
+        # certificate_chain + private_key this client's certificate for mutual TLS.
+        security = ChannelSecurity(root_certificates, certificate_chain, private_key, token)
         super().__init__(
             target,
             timeout=timeout,
             connect_timeout=connect_timeout,
             options=options,
             pixel_format=pixel_format,
+            discover_front_ends=discover_front_ends and not security.uses_tls,
         )
-        # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
-        # certificate_chain + private_key this client's certificate for mutual TLS.
-        security = ChannelSecurity(root_certificates, certificate_chain, private_key, token)
-        channel_settings = make_channel_options(channel_options, self.target)
-        self._channel = open_channel(self.target, channel_settings, security)
+        self._security = security
+        self._extra_options = channel_options
+        self._discovery_lock = threading.Lock()
+        self._retired: list[grpc.Channel] = []  # replaced by the front ends' channel; closed with it
+        self._open(self.target)
+
+    def _open(self, target: str) -> None:
+        settings = make_channel_options(self._extra_options, target)
+        self._channel = open_channel(target, settings, self._security)
         self._stub = pb_grpc.FaceDetectorStub(self._channel)
         self._health = self._channel.unary_unary(HEALTH_METHOD, None, None)
 
@@ -174,15 +201,33 @@ class FaceDetectorClient(ClientDefaults):
         return decode_health_response(data)
 
     def _probe(self, call_timeout: float | None) -> None:
-        """Until a server has answered: a health check, bounded by the connect timeout."""
+        """Until a server has answered: a health check, bounded by the connect timeout. Then,
+        once, the front ends' own addresses (`discover_front_ends`)."""
         budget = self._probe_budget(call_timeout)
-        if budget is None:
-            return
-        try:
-            self._health(encode_health_request(""), timeout=budget.seconds)
-        except grpc.RpcError as exc:
-            self._probe_failed(exc, budget)
-        self._answered = True
+        if budget is not None:
+            try:
+                self._health(encode_health_request(""), timeout=budget.seconds)
+            except grpc.RpcError as exc:
+                self._probe_failed(exc, budget)
+            self._answered = True
+        if self._discovery_pending:
+            self._discover(budget.seconds if budget else self.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
+
+    def _discover(self, seconds: float) -> None:
+        with self._discovery_lock:
+            if not self._discovery_pending:
+                return
+            info, error = None, None
+            try:
+                info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=seconds)
+            except grpc.RpcError as exc:
+                error = exc
+            found = [a for a in self._discovered(info, error) if _answers(a, min(seconds, 2.0))]
+            if len(found) < 2:
+                return
+            self._retired.append(self._channel)  # calls in flight on it finish there
+            self._open(list_target(found))
+            self.front_ends = found
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Block until the server reports SERVING; FaceDetectorError(DEADLINE_EXCEEDED) if not."""
@@ -199,7 +244,8 @@ class FaceDetectorClient(ClientDefaults):
         raise FaceDetectorError("DEADLINE_EXCEEDED", f"{self.target} not SERVING after {timeout} s ({last})")
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in [*self._retired, self._channel]:
+            channel.close()
 
     def __enter__(self) -> FaceDetectorClient:
         return self

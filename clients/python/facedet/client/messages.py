@@ -271,6 +271,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """One engine process of the server (or the server itself): its device, whether it serves."""
+
+    name: str
+    device: str
+    serving: bool
+
+    def to_proto(self) -> pb.EngineInfo:
+        return pb.EngineInfo(name=self.name, device=self.device, serving=self.serving)
+
+    @classmethod
+    def from_proto(cls, message: pb.EngineInfo) -> EngineInfo:
+        return cls(message.name, message.device, message.serving)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     input_width: int
@@ -283,6 +299,9 @@ class ModelInfo:
     model_sha256: str
     max_batch: int
     max_delay_ms: float
+    # Each front end's own address (several front-end processes), and every engine process.
+    front_end_addresses: tuple[str, ...] = ()
+    engines: tuple[EngineInfo, ...] = ()
 
     def to_proto(self) -> pb.ModelInfo:
         return pb.ModelInfo(
@@ -297,6 +316,8 @@ class ModelInfo:
             model_sha256=self.model_sha256,
             max_batch=self.max_batch,
             max_delay_ms=self.max_delay_ms,
+            front_end_addresses=list(self.front_end_addresses),
+            engines=[engine.to_proto() for engine in self.engines],
         )
 
     @classmethod
@@ -313,4 +334,6 @@ class ModelInfo:
             model_sha256=message.model_sha256,
             max_batch=message.max_batch,
             max_delay_ms=message.max_delay_ms,
+            front_end_addresses=tuple(message.front_end_addresses),
+            engines=tuple(EngineInfo.from_proto(engine) for engine in message.engines),
         )

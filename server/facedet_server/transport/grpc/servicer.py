@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -109,6 +109,8 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
     def __init__(self, stream_window: int, metrics: CallMetrics | None = None) -> None:
         self.service: DetectionService[Any] | None = None
         self.model_info = pb.ModelInfo()
+        # The engines' states change (an engine restarts): asked at each GetModelInfo.
+        self.engines: Callable[[], list[pb.EngineInfo]] | None = None
         self.stream_window = stream_window
         self.metrics = metrics or NoCallMetrics()
 
@@ -239,7 +241,12 @@ class FaceDetectorServicer(pb_grpc.FaceDetectorServicer):
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         if self.service is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
-        return self.model_info
+        if self.engines is None:
+            return self.model_info
+        info = pb.ModelInfo()
+        info.CopyFrom(self.model_info)
+        info.engines.extend(await asyncio.to_thread(self.engines))  # it may probe sockets
+        return info
 
 
 def model_info(service: DetectionService[Any], max_message_bytes: int, max_queue: int) -> pb.ModelInfo:
