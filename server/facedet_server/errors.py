@@ -11,6 +11,7 @@ from enum import Enum
 class Code(Enum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -34,7 +35,21 @@ class InvalidOptions(DetectError):
 
 
 class Overloaded(DetectError):
+    """Refused at once, before any work: `retry_after_ms` (when known) is how long the server
+    expects to need before the same request would be admitted; the transport passes it on."""
+
     code = Code.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class DeadlineExceeded(DetectError):
+    """The caller's deadline passed (or would pass) before its request could be answered: the
+    work is dropped rather than done for nobody."""
+
+    code = Code.DEADLINE_EXCEEDED
 
 
 class Unavailable(DetectError):

@@ -192,7 +192,18 @@ class ServerConfig:
         bounds=POSITIVE,
     )
     stream_window: int = setting(
-        16, "frames of one stream processed at once (pipelining depth)", TRANSPORT, bounds=POSITIVE
+        16,
+        "frames of one stream answered at once (pipelining depth); a stream with this many "
+        "responses unwritten is not read further (backpressure)",
+        TRANSPORT,
+        bounds=POSITIVE,
+    )
+    max_streams: int = setting(
+        256,
+        "StreamDetectFaces calls open at once, per front-end process; more get RESOURCE_EXHAUSTED "
+        "at once (0 = no limit)",
+        TRANSPORT,
+        bounds=NOT_NEGATIVE,
     )
     grace_seconds: float = setting(
         10.0,

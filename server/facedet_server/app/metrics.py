@@ -97,7 +97,7 @@ class PrometheusMetrics:
         )
         self.frames_dropped = Counter(
             "facedet_frames_dropped",
-            "Stream frames skipped to keep up with a live source (none until a live mode exists)",
+            "Live-mode stream frames answered as dropped: a newer frame arrived before they ran",
             registry=registry,
         )
         self.model_info = Gauge(
@@ -133,6 +133,9 @@ class PrometheusMetrics:
 
     def stream_closed(self) -> None:
         self.active_streams.dec()
+
+    def frame_dropped(self) -> None:
+        self.frames_dropped.inc()
 
     # ServiceMetrics (the service and its batcher)
     def detected(self, timing: Timing) -> None:

@@ -218,7 +218,7 @@ async def serve(config: ServerConfig) -> None:
         raise StartupError(str(exc)) from None
     server = grpc.aio.server(options=grpc_options(config), interceptors=security.interceptors())
     metrics = for_process(config.metrics_listen)
-    servicer = FaceDetectorServicer(config.stream_window, metrics)
+    servicer = FaceDetectorServicer(config.stream_window, metrics, config.max_streams)
     pb_grpc.add_FaceDetectorServicer_to_server(servicer, server)
     try:
         http = http_front_end(config, security, health_servicer.serving, metrics)

@@ -21,7 +21,7 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 # The dtypes the pipeline sends: pixels and canvases are uint8, faces float32. A closed list, so
 # a frame cannot ask for object arrays (pointers read from the socket).
 DType = Literal["uint8", "float32"]
-ErrorCode = Literal["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL"]
+ErrorCode = Literal["INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL"]
 ErrorKind = Literal["DetectError", "InvalidImage", "InvalidOptions", "Overloaded", "Unavailable"]
 
 

@@ -15,10 +15,10 @@ from typing import Generic, Protocol
 
 import numpy as np
 
-from facedet_server.errors import DetectError
+from facedet_server.errors import DeadlineExceeded, DetectError
 from facedet_server.faces.options import Options, resolve_options
 from facedet_server.image.inputs import ImageInput
-from facedet_server.pipeline.base import Detection, P, Pipeline, Timing
+from facedet_server.pipeline.base import Detection, P, Pipeline, Preparer, Timing
 from facedet_server.serving.batcher import Batcher, BatcherConfig, BatchObserver, Unobserved
 
 
@@ -79,6 +79,16 @@ def request_options(defaults: Options, requested: RequestOptions, max_faces_limi
     )
 
 
+def _prepare_unless_expired(
+    preparer: Preparer[P], image: ImageInput, options: Options, deadline: float | None
+) -> P:
+    """On a decode thread: a request whose deadline passed while it waited for the thread is
+    not decoded for nobody."""
+    if deadline is not None and time.perf_counter() > deadline:
+        raise DeadlineExceeded("the call's deadline passed before its image was decoded")
+    return preparer.prepare(image, options)
+
+
 class DetectionService(Generic[P]):
     """Generic over the pipeline's prepared item, which it only carries from the preparer
     to the batcher and back to the pipeline."""
@@ -103,6 +113,7 @@ class DetectionService(Generic[P]):
             self._infer, self.infer_pool, batcher_config, on_start=self._record_queue, observer=self.metrics
         )
         self.stats = Stats()
+        self._preparing = 0  # admitted requests decoding (or waiting for a decode thread)
 
     def _infer(self, items: Sequence[P]) -> Sequence[Detection | DetectError]:
         return self.pipeline.infer_batch(items)
@@ -130,16 +141,30 @@ class DetectionService(Generic[P]):
     def options(self, requested: RequestOptions) -> Options:
         return request_options(self.defaults, requested, self.pipeline.limits.max_faces)
 
-    async def detect(self, image: ImageInput, requested: RequestOptions | None = None) -> Detection:
+    async def detect(
+        self, image: ImageInput, requested: RequestOptions | None = None, deadline: float | None = None
+    ) -> Detection:
+        """One image's detection. `deadline` (time.perf_counter(), None: none) is when the caller
+        stops waiting: a request the queue could not answer by then is refused at once
+        (Overloaded, RESOURCE_EXHAUSTED, with a retry hint), and one whose deadline passes
+        before its decode or its batch starts is dropped (DeadlineExceeded) rather than run."""
         start = time.perf_counter()
         try:
+            # Before any work: what is admitted and still decoding will queue ahead of this one.
+            self.batcher.admit(deadline, ahead=self._preparing)
             options = self.options(requested or RequestOptions())
             preparer = self.pipeline.preparer
             prepared = preparer.prepare_inline(image, options)
             if prepared is None:
                 loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(self.decode_pool, preparer.prepare, image, options)
-            detection = await self.batcher.submit(prepared)
+                self._preparing += 1
+                try:
+                    prepared = await loop.run_in_executor(
+                        self.decode_pool, _prepare_unless_expired, preparer, image, options, deadline
+                    )
+                finally:
+                    self._preparing -= 1
+            detection = await self.batcher.submit(prepared, deadline)
         except DetectError as exc:
             self.stats.failed[exc.code.value] += 1
             raise

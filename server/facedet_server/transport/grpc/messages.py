@@ -12,7 +12,13 @@ from facedet_server.serving.service import RequestOptions
 
 _PIXEL_FORMATS = {pb.PIXEL_FORMAT_RGB8: "RGB8", pb.PIXEL_FORMAT_BGR8: "BGR8", pb.PIXEL_FORMAT_GRAY8: "GRAY8"}
 # gRPC status codes by name, as google.rpc.Status carries them (numbers are fixed by the spec).
-STATUS_NUMBERS = {"INVALID_ARGUMENT": 3, "RESOURCE_EXHAUSTED": 8, "UNAVAILABLE": 14, "INTERNAL": 13}
+STATUS_NUMBERS = {
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "RESOURCE_EXHAUSTED": 8,
+    "UNAVAILABLE": 14,
+    "INTERNAL": 13,
+}
 
 
 def image_from_request(request: pb.DetectFacesRequest) -> ImageInput:
