@@ -16,7 +16,7 @@ from facedet_test_support import EXPECTED_FACES, IMAGES, MODEL, REPO, clean_env,
 def soak(tmp_path: Path, *args: str) -> tuple[int, dict[str, object]]:
     report = tmp_path / "soak.json"
     command = [sys.executable, "-m", "facedet_bench.soak", "--model", str(require(MODEL, "model file"))]
-    command += ["--duration", "5", "--sample-interval", "1", "--json", str(report), *args]
+    command += ["--duration", "5", "--warm-up", "1", "--sample-interval", "1", "--json", str(report), *args]
     result = subprocess.run(
         command, check=False, capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=180
     )

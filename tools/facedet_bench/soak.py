@@ -11,13 +11,16 @@ last window (a minute, or a quarter of a shorter run), the server's RSS after th
 and at the end (its growth must stay under --max-rss-growth, checked on runs of 2 minutes or
 more: a shorter run is all warm-up), and with --gpu the GPU memory the server holds
 (nvidia-smi). The server is started here with --model (its pid known), or given with --server
-(RSS read only with --server-pid, on the same host). Exit status 0 when every check passes.
+(RSS read only with --server-pid, on the same host). A burst of --warm-up seconds comes first,
+not counted, so the memory baseline is taken after the runtime has seen every batch size.
+Exit status 0 when every check passes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -164,8 +167,34 @@ def _p99_ms(record: Record, start: float, end: float) -> float | None:
     return round(float(np.percentile(lat, 99)) * 1000, 1) if lat.size else None
 
 
+def warm_up(target: str, image: bytes, seconds: float, concurrency: int) -> int:
+    """`concurrency` callers back to back for `seconds`, not counted: every batch size the server
+    forms under load has been run once before the soak starts (ONNX Runtime's memory arena
+    grows to the largest batch it has seen, a step that is no leak). Returns the calls made."""
+    done = [0]
+    stop = time.perf_counter() + seconds
+
+    def caller() -> None:
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.FaceDetectorStub(channel)
+            while time.perf_counter() < stop:
+                try:
+                    stub.DetectFaces(pb.DetectFacesRequest(encoded=image), timeout=30)
+                    done[0] += 1
+                except grpc.RpcError:
+                    time.sleep(0.05)  # RESOURCE_EXHAUSTED under the burst: fine here
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 40)
+    return done[0]
+
+
 def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, object]:
     image = Path(args.image).read_bytes()
+    warmed = warm_up(target, image, args.warm_up, args.warm_up_callers) if args.warm_up > 0 else 0
     soak = Soak(target, image, args.bad_fraction, args.deadline, args.seed)
     window = min(60.0, args.duration / 4)
     workers = [threading.Thread(target=soak.unary, daemon=True) for _ in range(args.unary)]
@@ -229,6 +258,8 @@ def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, obj
         "gpu_mib_after_first_window": at(window, 2),
         "gpu_mib_end": samples[-1][2],
         "gpu_growth_pct_after_first_window": growth(2),
+        "warm_up_calls": warmed,
+        "samples": [[round(t, 1), rss, gpu] for t, rss, gpu in samples],  # seconds, RSS MiB, GPU MiB
         "checks": checks,
         "passed": all(checks.values()),
     }
@@ -257,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth", type=float, default=5.0, help="percent, after the first window")
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--gpu", action="store_true", help="also sample GPU memory (nvidia-smi)")
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=20.0,
+        help="seconds of a burst before the soak, not counted (default 20)",
+    )
+    parser.add_argument(
+        "--warm-up-callers", type=int, default=24, help="callers in the warm-up burst (default 24)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
@@ -274,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_image() -> Path:
-    return Path(__file__).resolve().parents[2].parent / "shared" / "images" / "zidane.jpg"
+    """zidane.jpg of the shared data folder: $FACEDET_SHARED, else `../shared` beside the checkout."""
+    shared = os.environ.get("FACEDET_SHARED") or Path(__file__).resolve().parents[2].parent / "shared"
+    return Path(shared) / "images" / "zidane.jpg"
 
 
 if __name__ == "__main__":
