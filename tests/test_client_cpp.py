@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -44,8 +45,12 @@ BUILD_PACKAGES = ("libgrpc++-dev", "libprotobuf-dev", "pkg-config")
 Record = dict[str, Any]
 
 
+def _required() -> bool:
+    return os.environ.get("FACEDET_REQUIRE_CLIENTS") == "1"
+
+
 def _unavailable(why: str) -> None:
-    if os.environ.get("FACEDET_REQUIRE_CLIENTS") == "1":
+    if _required():
         pytest.fail(f"facedet-cpp is required (FACEDET_REQUIRE_CLIENTS=1): {why}", pytrace=False)
     pytest.skip(why)
 
@@ -61,9 +66,10 @@ def _can_build() -> bool:
 
 @pytest.fixture(scope="module")
 def cpp_client() -> Path:
-    """The built binary: rebuilt first where the toolchain is here, so the tests never run a
-    stale one."""
-    if _can_build():
+    """The built binary: rebuilt first where the toolchain is here (or, where the clients are
+    required, by `make clients-cpp` installing what is missing), so the tests never run a stale
+    one."""
+    if _can_build() or (_required() and shutil.which("make")):
         build = subprocess.run(
             ["make", "-s", "clients-cpp"], cwd=REPO, capture_output=True, text=True, timeout=1200, check=False
         )
@@ -383,3 +389,26 @@ def test_a_dead_address_in_the_list_fails_no_call(cpp_client: Path, server: Serv
         result = run_cpp(cpp_client, "detect", *images, "--server", target, "--json")
         assert result.returncode == 0, (target, result)
         assert [len(r["faces"]) for r in records(result.stdout)] == [2] * len(images)
+
+
+def test_a_server_killed_mid_run_fails_no_call(cpp_client: Path, start_server: ServerFactory) -> None:
+    """Two servers, one SIGKILLed while detect runs through them: the retry policy (UNAVAILABLE)
+    and wait_for_ready move its calls to the survivor, and every image is answered."""
+    first = start_server("--log-level", "warning", unix=False, name="first")
+    second = start_server("--log-level", "warning", unix=False, name="second")
+    images = [str(IMAGES / "bus.jpg")] * 40
+    target = f"ipv4:{first.target},{second.target}"
+    process = subprocess.Popen(
+        [str(cpp_client), "detect", *images, "--server", target, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    assert process.stdout is not None
+    lines = [process.stdout.readline() for _ in range(5)]  # the run is under way on both servers
+    first.signal(signal.SIGKILL)
+    rest, errors = process.communicate(timeout=120)
+    lines += rest.splitlines()
+    assert process.returncode == 0, errors
+    assert [len(r["faces"]) for r in records("\n".join(lines))] == [2] * len(images)

@@ -63,6 +63,10 @@ Client::Client(const Args& args) : target_(with_default_port(args.server)) {
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   channel_args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // gRPC keeps a call's messages for a retry only up to this (256 KiB by default) and commits a
+  // larger call at once: a photo is often bigger, and its call would then not be retried when a
+  // server dies under it. The request is held until the call ends anyway.
+  channel_args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, kMaxMessageBytes);
   channel_args.SetServiceConfigJSON(service_config(balances(target_)));
   channel_ = grpc::CreateCustomChannel(target_, creds, channel_args);
   stub_ = facedet::v1::FaceDetector::NewStub(channel_);
