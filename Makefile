@@ -33,6 +33,7 @@ help:
 	@echo "make proto-lint - buf lint proto/, and buf breaking against the released v1 (docs/api.md)"
 	@echo "make bench   - CPU benchmark: through gRPC vs in-process (docs/benchmarks.md)"
 	@echo "make clients - build the Go and C++ example clients into build/clients (apt where missing)"
+	@echo "make container-test - build the CPU image with podman (root), run it, detect, drain (docs/deploy.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,7 @@ serve: setup
 
 lint: setup-dev proto-lint
 	$(BIN)/ruff check .
+	$(BIN)/hadolint --failure-threshold warning deploy/docker/Dockerfile deploy/docker/Dockerfile.gpu
 	$(BIN)/lint-imports --no-cache
 
 typecheck: setup-dev
@@ -93,6 +95,38 @@ bench: setup-dev
 -include clients/go/build.mk
 -include clients/cpp/build.mk
 clients: clients-go clients-cpp
+
+# The CPU image (deploy/docker, docs/deploy.md), built and run with podman as root; podman reads
+# the project's containers.conf (runc, ulimits under the host's), nothing under /etc is edited.
+# The base image comes from Debian's packages where no registry can be reached (make-base.sh,
+# cached under build/container-base); the model from FACEDET_MODEL_DIR or the cache; the host's
+# pip config and CA bundle go to the build as secrets, in no layer.
+CONTAINER_IMAGE ?= localhost/facedet:cpu
+, := ,
+CONTAINER_DEBS := podman runc debootstrap
+PODMAN := CONTAINERS_CONF=$(CURDIR)/deploy/docker/containers.conf podman
+CONTAINER_MODELS ?= $(or $(FACEDET_MODEL_DIR),$(or $(FACEDET_HOME),$(HOME)/.cache/facedet)/models)
+CONTAINER_SECRETS := $(if $(wildcard /etc/pip.conf),--secret id=pipconf$(,)src=/etc/pip.conf) \
+	$(if $(wildcard /etc/ssl/certs/ca-certificates.crt),--secret id=cacert$(,)src=/etc/ssl/certs/ca-certificates.crt)
+
+.PHONY: container-deps container-base container-image container-test
+container-deps:
+	@missing=$$(for p in $(CONTAINER_DEBS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+container-base: container-deps
+	CONTAINERS_CONF=$(CURDIR)/deploy/docker/containers.conf deploy/docker/make-base.sh
+
+container-image: container-base setup
+	$(BIN)/facedet models pull yolov5n-0.5
+	$(PODMAN) build --format docker -f deploy/docker/Dockerfile -t $(CONTAINER_IMAGE) \
+		--build-context models=$(CONTAINER_MODELS) $(CONTAINER_SECRETS) .
+
+container-test: setup-dev container-image
+	FACEDET_CONTAINER_IMAGE=$(CONTAINER_IMAGE) $(BIN)/python -m pytest -q -ra -m container tests/container
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

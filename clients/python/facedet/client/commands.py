@@ -25,6 +25,7 @@ from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT
 from facedet.client.draw import save_drawing
 from facedet.client.errors import NoAnswerError
 from facedet.client.frames import file_frames, folder_files, video_frames
+from facedet.client.health_command import add_parser as add_health_parser
 from facedet.client.optional import MissingDependency
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
@@ -42,6 +43,7 @@ exit status:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add_health_parser(sub)
     detect = sub.add_parser(
         "detect",
         help="detect faces in images through a server",
