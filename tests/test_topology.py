@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from facedet_test_support import (
     Server,
     ServerFactory,
     detect_request,
+    free_port,
     health_status,
     image_bytes,
     wait_for,
@@ -349,15 +351,29 @@ def test_sigkilled_engine_under_load_is_restarted_and_service_resumes(start_serv
 
 def test_one_engine_of_two_dies_the_other_keeps_serving(start_server: ServerFactory) -> None:
     """--engines 2 (several engines on one device, as on one GPU): front end 1 feeds engine-1.
-    Killing engine-1 leaves front end 0 serving without an error; GetModelInfo shows engine-1
-    down, and then back."""
-    server = start_split(start_server, "--engines", "2", name="two-engines")
+    Killing engine-1 leaves front end 0 serving without an error; GetModelInfo and the
+    facedet_engine_serving metric show engine-1 down, and then back."""
+    metrics = f"127.0.0.1:{free_port()}"
+    server = start_split(start_server, "--engines", "2", "--metrics-listen", metrics, name="two-engines")
     own = own_targets(server, 2)
     data = image_bytes("zidane.jpg")
     pids = engine_pids(server)
     assert set(pids) == {"engine-0", "engine-1"}
+
+    def engine_gauge(engine: str) -> float | None:
+        text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("facedet_engine_serving{") and f'engine="{engine}"' in line:
+                assert 'device="cpu"' in line, line
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    wait_for(lambda: engine_gauge("engine-1") == 1.0 == engine_gauge("engine-0"), 10, "both engines up")
     os.kill(pids["engine-1"], signal.SIGKILL)
     wait_for(lambda: health_status(own[1]) == NOT_SERVING, 10, "front end 1 to turn NOT_SERVING")
+    # The restart waits 1 s, then the engine loads its model: time enough to see it down.
+    wait_for(lambda: engine_gauge("engine-1") == 0.0, 5, "the engine-1 gauge to drop to 0")
+    assert engine_gauge("engine-0") == 1.0
     with server.stub(own[0]) as stub:
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
         states = {e.name: e.serving for e in info.engines}
@@ -367,6 +383,7 @@ def test_one_engine_of_two_dies_the_other_keeps_serving(start_server: ServerFact
     # engine-1 may already be back (1 s restart delay); then it shows up serving.
     assert states["engine-0"] is True and set(states) == {"engine-0", "engine-1"}
     wait_for(lambda: health_status(own[1]) == SERVING, RESUME_WITHIN_S, "front end 1 back to SERVING")
+    wait_for(lambda: engine_gauge("engine-1") == 1.0, 10, "the engine-1 gauge back to 1")
     with server.stub(own[1]) as stub:
         assert len(stub.DetectFaces(detect_request(data), timeout=30).faces) == 2
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
