@@ -97,6 +97,9 @@ def channel_options(extra: ChannelOptions = (), target: str = "") -> list[tuple[
             # backoff grows to 120 s, which would leave a restarted replica idle for minutes.
             ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 3000),
+            # gRPC keeps a call for a retry only up to 256 KiB by default: a photo is larger, and
+            # a call that cannot be retried fails when its replica dies.
+            ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
         ]
         if is_balanced_target(target)
         else []
