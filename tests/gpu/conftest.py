@@ -29,7 +29,10 @@ def start_torch_server(start_server: ServerFactory) -> ServerFactory:
     shapes first on a cold cache."""
 
     def start(*flags: str) -> Server:
-        server = start_server("--backend", "torch", *flags, unix=False, start=False)
+        # One process unless a test asks for more: on a GPU the automatic --processes starts
+        # front ends and an engine, and these tests measure the one process's pid, log and memory.
+        one = [] if "--processes" in flags else ["--processes", "1"]
+        server = start_server("--backend", "torch", *one, *flags, unix=False, start=False)
         server.start(timeout=300)
         return server
 
