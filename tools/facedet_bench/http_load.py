@@ -4,7 +4,9 @@ one server, and the HTTP frameworks against each other.
 Default mode: one `facedet serve --http-listen` (started here unless --grpc/--http name a running
 one) is loaded in a closed loop, N clients each sending the next request when the last is
 answered: first `PUT /predictions/fd1` with the image as the body, then unary DetectFaces with the
-same image, each for a warm-up and then --duration seconds. Both go through the same batcher, so
+same image, each for a warm-up and then --duration seconds (the answers that arrive within it
+count, whenever they were sent: with latencies of seconds on a loaded machine, counting only
+those sent and answered inside would undercount). Both go through the same batcher, so
 the difference is the cost of the transport. The HTTP clients speak HTTP/1.1 over keep-alive
 connections with asyncio streams (no client library), so client CPU goes to the requests.
 
@@ -135,7 +137,7 @@ async def _http_clients(
                 finished = time.perf_counter()
                 if status != 200:
                     errors += 1
-                elif started >= warm_until and finished <= end:
+                elif warm_until <= finished <= end:
                     latencies.append(finished - started)
         finally:
             writer.close()
@@ -160,7 +162,7 @@ async def _grpc_clients(target: str, body: bytes, clients: int, warm_until: floa
                     errors += 1
                     continue
                 finished = time.perf_counter()
-                if started >= warm_until and finished <= end:
+                if warm_until <= finished <= end:
                     latencies.append(finished - started)
 
         await asyncio.gather(*(client() for _ in range(clients)))
