@@ -29,7 +29,7 @@ PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install 
 help:
 	@echo "make serve   - set up, fetch the model into the cache if missing, serve on 0.0.0.0:50051"
 	@echo "make test    - set up (with dev tools), lint, type-check, run every test"
-	@echo "make proto   - regenerate clients/python/facedet/v1 from proto/"
+	@echo "make proto   - regenerate the Python, Go and C++ stubs from proto/ (proto/generate.py)"
 	@echo "make proto-lint - buf lint proto/, and buf breaking against the released v1 (docs/api.md)"
 	@echo "make bench   - CPU benchmark: through gRPC vs in-process (docs/benchmarks.md)"
 	@echo "make clients - build the Go and C++ example clients into build/clients (apt where missing)"
@@ -70,8 +70,9 @@ typecheck: setup-dev
 test: setup-dev lint typecheck
 	$(BIN)/python -m pytest -q -ra
 
-proto: setup-dev
-	$(BIN)/python proto/gen_python.py
+# One script for the three languages; Go's and C++'s tools come from Debian (apt where missing).
+proto: setup-dev clients-go-deps clients-cpp-packages
+	$(BIN)/python proto/generate.py
 
 # The stamp names the version, so changing BUF_VERSION reinstalls.
 $(TOOLS)/.buf-$(BUF_VERSION):

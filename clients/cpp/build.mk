@@ -32,4 +32,3 @@ clients-cpp-packages:
 proto-cpp: clients-cpp-packages
 	$(PYTHON) proto/gen_cpp.py
 
-proto: proto-cpp
