@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -371,3 +372,50 @@ def _curl_ok(ca: str, url: str) -> bool:
     assert CURL is not None
     done = subprocess.run([CURL, "-sS", "--cacert", ca, url], capture_output=True, timeout=30, check=False)
     return done.returncode == 0
+
+
+# --- metrics and the benchmark --------------------------------------------------------------------
+
+
+def test_http_predictions_are_counted_in_the_metrics_by_status(start_server: ServerFactory) -> None:
+    metrics_port = free_port()
+    _, url = http_server(start_server, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    assert request("PUT", f"{url}/predictions/fd1", image_bytes("zidane.jpg"))[0] == 200
+    assert request("PUT", f"{url}/predictions/fd1", b"not an image")[0] == 400
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for code in ("OK", "INVALID_ARGUMENT"):
+        line = f'facedet_requests_total{{code="{code}",method="HTTP /predictions"}} 1.0'
+        assert line in text, [row for row in text.splitlines() if row.startswith("facedet_requests_total")]
+
+
+def test_the_http_benchmark_command_runs(served: tuple[Server, str]) -> None:
+    """`python -m facedet_bench.http_load`, both modes, cut short: a smoke test of the command
+    docs/benchmarks.md quotes, not a measurement."""
+    server, url = served
+    short = ["--concurrency", "2", "--duration", "1", "--warmup", "0.3", "--processes", "1", "--json"]
+    runs = {
+        "against one server": [
+            "--grpc",
+            server.target,
+            "--http",
+            url.removeprefix("http://"),
+            "--image",
+            str(IMAGES / "zidane.jpg"),
+        ],
+        "frameworks": ["--frameworks", "--image", str(IMAGES / "zidane.jpg")],
+    }
+    for what, args in runs.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "facedet_bench.http_load", *args, *short],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == 0, (what, done.stderr)
+        results = json.loads(done.stdout)["results"]
+        modes = ["http", "grpc"] if what == "against one server" else ["aiohttp", "starlette"]
+        assert [r["mode"] for r in results] == modes, results
+        for result in results:
+            assert result["requests"] > 0 and result["errors"] == 0, result
