@@ -328,6 +328,7 @@ def test_sigkilled_engine_under_load_is_restarted_and_service_resumes(start_serv
     own = own_targets(server, 2)
     seen = kill_engine_under_load(server, own)
     statuses = seen.statuses
+    print(f"\nkill under load: {dict(statuses)}, first OK {seen.resumed_after_s} s after the kill")
     assert seen.resumed_after_s is not None, (
         f"no call succeeded within {RESUME_WITHIN_S} s of the kill: {statuses}\n{server.log_text()}"
     )
