@@ -85,6 +85,7 @@ def test_no_topology_flags_on_a_gpu_give_automatic_front_ends(start_server: Serv
     )
 
 
+@pytest.mark.timeout(600)
 def test_two_engines_on_one_gpu_one_killed(start_server: ServerFactory) -> None:
     """Issue 19 on one GPU: --devices 0 --engines 2; killing engine-1 leaves front end 0 (on
     engine-0) serving, engine-1 comes back on cuda:0."""
@@ -110,6 +111,7 @@ def test_two_engines_on_one_gpu_one_killed(start_server: ServerFactory) -> None:
     assert engine_pids(server)["engine-0"] == pids["engine-0"]
 
 
+@pytest.mark.timeout(600)  # two starts of the torch engine
 def test_engine_killed_under_load_on_the_gpu(start_server: ServerFactory) -> None:
     """Issue 17 §2 on the device: in-flight calls end OK or UNAVAILABLE, service resumes."""
     flags = ("--backend", "torch", *EAGER, "--processes", "2", "--devices", "0")
@@ -124,6 +126,7 @@ def test_engine_killed_under_load_on_the_gpu(start_server: ServerFactory) -> Non
     assert server.stop() == 0
 
 
+@pytest.mark.timeout(900)  # a cold compile (197 s measured) and a warm start
 def test_first_start_compiles_with_progress_and_the_second_reuses_the_cache(
     start_server: ServerFactory, tmp_path: Path
 ) -> None:
