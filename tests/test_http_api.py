@@ -368,6 +368,45 @@ def test_tls_settings_apply_to_the_http_port_and_reload_on_sighup(tmp_path: Path
         server.stop()
 
 
+@needs_curl
+def test_mutual_tls_on_the_http_port_needs_a_client_certificate_the_ca_signed(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    cert, key = pki.write_server()
+    client_ca = tmp_path / "client-ca.pem"
+    client_ca.write_bytes(pki.ca_pem)
+    port = free_port()
+    server = start_tls_server(
+        tmp_path,
+        *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(client_ca)),
+        *("--http-listen", f"127.0.0.1:{port}"),
+    )
+    try:
+        url = f"https://localhost:{port}/predictions/fd1"
+        signed = [tmp_path / "client.pem", tmp_path / "client.key"]
+        for path, data in zip(signed, pki.issue("pipeline"), strict=True):
+            path.write_bytes(data)
+        (tmp_path / "other").mkdir()
+        stranger = [tmp_path / "other" / "client.pem", tmp_path / "other" / "client.key"]
+        for path, data in zip(stranger, Pki(tmp_path / "other", "other-ca").issue("stranger"), strict=True):
+            path.write_bytes(data)
+        photo = ("-T", str(IMAGES / "zidane.jpg"))
+        status, faces = curl(
+            "--cacert", str(client_ca), "--cert", str(signed[0]), "--key", str(signed[1]), url, *photo
+        )
+        assert status == 200 and len(faces) == EXPECTED_FACES["zidane.jpg"]
+        assert CURL is not None
+        for extra in ([], ["--cert", str(stranger[0]), "--key", str(stranger[1])]):
+            done = subprocess.run(
+                [CURL, "-sS", "--cacert", str(client_ca), *extra, url, *photo],
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
+            assert done.returncode != 0, (extra, done.stdout)  # the handshake is refused
+    finally:
+        server.stop()
+
+
 def _curl_ok(ca: str, url: str) -> bool:
     assert CURL is not None
     done = subprocess.run([CURL, "-sS", "--cacert", ca, url], capture_output=True, timeout=30, check=False)

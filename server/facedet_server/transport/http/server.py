@@ -151,7 +151,10 @@ class HttpFrontEnd:
         limit is refused before the client sends it; any other gets the go-ahead."""
         declared = request.content_length
         if declared is not None and declared > self.max_body_bytes:
-            return self._failure(request, self._too_large(declared))[0]
+            self.metrics.call_started()  # `predict` never runs for it: counted here
+            response, code = self._failure(request, self._too_large(declared))
+            self.metrics.call_finished(METHOD, code, 0.0)
+            return response
         if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the interim response is not part of the answer's size
