@@ -39,9 +39,9 @@
 #                       single     one process, no flags; clients on 127.0.0.1:50060
 #                       pipelines  default + --engine-process off (four whole pipelines)
 #                       auto       no topology flags: the automatic --processes, --front-end-listen
-#                                  and --devices; the clients round_robin over the front ends'
-#                                  own addresses the supervisor logs (issue 15's goal: >= 90% of
-#                                  default on each load)
+#                                  and --devices; clients on 127.0.0.1:50060, which find the
+#                                  front ends' own addresses in GetModelInfo and round_robin over
+#                                  them, as facedet.client does (issue 15: >= 90% of default)
 #                       devices    auto with --devices 0, then 0,1, 0,1,2,3 and 0..7 as far as the
 #                                  machine has GPUs (issue 19's scaling: one engine per GPU, four
 #                                  front ends per GPU where the CPUs allow); results named
@@ -411,14 +411,6 @@ bench() {  # load name, facedet bench flags...: one client run against $TARGET, 
   return "$rc"
 }
 
-front_end_target() {  # server log: its front ends' own addresses as a round_robin target
-  grep -m1 -E '"event": *"engine_process"' "$1" | python3 -c '
-import json, sys
-text = sys.stdin.read()
-own = json.loads(text).get("front_end_addresses", []) if text else []
-print("ipv4:" + ",".join(own) if len(own) > 1 else "127.0.0.1:50060")'
-}
-
 run_devices() {  # --bench devices: the auto layout on 1, 2, 4, 8 GPUs, as far as there are GPUs
   local gpus list
   gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
@@ -446,7 +438,9 @@ run_config() {  # a --bench NAME [serve flags]: serve, the three loads, the engi
     skip_step "$CONFIG: loads" "the server did not start"
     return
   fi
-  [ "$procs" != auto ] || TARGET=$(front_end_target "$LOGS/server-$CONFIG.log")
+  # No flags on the client side either: facedet bench, like our client, reads the front ends'
+  # own addresses from GetModelInfo and spreads its calls over them.
+  [ "$procs" != auto ] || TARGET=127.0.0.1:50060
   echo "$CONFIG: clients on $TARGET"
   step "$CONFIG: open loop" bench open-loop --rate 2000 --concurrency 512 --duration 8 --warmup 2
   step "$CONFIG: unary" bench unary --concurrency 256 --duration 8 --warmup 2

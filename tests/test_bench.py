@@ -298,3 +298,18 @@ def test_serve_argv_gives_back_the_same_configuration(config: ServerConfig) -> N
     add_arguments(parser, {})
     parsed = from_args(parser.parse_args(argv[argv.index("serve") + 1 :]))
     assert parsed == replace(config, listen=["127.0.0.1:1"])
+
+
+def test_one_address_of_several_front_ends_is_spread_over_them(
+    start_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As facedet.client does: the front ends' own addresses from GetModelInfo, round_robin."""
+    server = start_server("--processes", "2", "--engine-process", "on", unix=False)
+    args = ["bench", "--server", server.target, "--image", str(ZIDANE), "--concurrency", "4", *SHORT]
+    args.append("--json")
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    port = server.port
+    assert port is not None
+    assert result["server"] == f"ipv4:127.0.0.1:{port + 1},127.0.0.1:{port + 2}", result["server"]
+    check_run(result["runs"][0], "grpc")

@@ -48,7 +48,8 @@ from typing import Any, TextIO, TypeVar
 import grpc
 import numpy as np
 from facedet.client import FaceDetectorClient, FaceDetectorError
-from facedet.client.channel import DETECT_METHOD, STREAM_METHOD, channel_options
+from facedet.client.channel import DETECT_METHOD, STREAM_METHOD, channel_options, with_default_port
+from facedet.client.discovery import dialable, list_target
 from facedet.client.messages import code_name
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_server.app import config as server_config
@@ -863,7 +864,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--server",
         metavar="ADDR",
         help="server to load (HOST:PORT, unix:///path, or a list of front ends to spread calls over "
-        "with round_robin: ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock); "
+        "with round_robin: ipv4:HOST:PORT,HOST:PORT or unix:/a.sock,/b.sock; one HOST:PORT of a "
+        "server that publishes its front ends' own addresses in GetModelInfo is spread over "
+        "those, as facedet.client does); "
         "default $FACEDET_SERVER or localhost:50051, "
         "except with --compare, which starts its own when this is not given",
     )
@@ -999,8 +1002,7 @@ def run(args: argparse.Namespace) -> int:
         if args.compare and not args.server:
             with spawned_server(config) as (target, pid):
                 return _compare(args, config, data, loads, target, pid, shown)
-        target = args.server or os.environ.get("FACEDET_SERVER", "localhost:50051")
-        check_server(target)
+        target = check_server(args.server or os.environ.get("FACEDET_SERVER", "localhost:50051"))
         if args.compare:
             return _compare(args, config, data, loads, target, None, shown)
         reports = run_loop(_through_grpc(target, data, loads, args.processes, None, shown))
@@ -1140,11 +1142,17 @@ async def _watched(
             await line
 
 
-def check_server(target: str) -> None:
-    """Fail at once, with gRPC's reason, when nothing answers at `target`; wait while it loads."""
-    with FaceDetectorClient(target) as client:
+def check_server(target: str) -> str:
+    """Fail at once, with gRPC's reason, when nothing answers at `target`; wait while it loads.
+    Returns the target to load: for one address of a server with several front ends, the list
+    of the front ends it publishes in GetModelInfo (round_robin over them, as our client does:
+    facedet.client.discovery), else `target` itself."""
+    with FaceDetectorClient(target, discover_front_ends=False) as client:
         if client.health(timeout=10) != "SERVING":
             client.wait_until_serving(120)
+        published = client.model_info().front_end_addresses
+    front_ends = dialable(published, with_default_port(target))
+    return list_target(front_ends) if len(front_ends) > 1 else target
 
 
 async def _through_grpc(
