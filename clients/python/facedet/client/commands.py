@@ -11,20 +11,17 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
-from facedet.client import Detection, DetectionOptions, FaceDetectorClient, FaceDetectorError, Frame, Status
+from facedet.client import Detection, DetectionOptions, FaceDetectorClient, FaceDetectorError, Status
 from facedet.client.channel import read_token_file
 from facedet.client.connect import DEFAULT_CONNECT_TIMEOUT
 from facedet.client.draw import save_drawing
 from facedet.client.errors import NoAnswerError
-from facedet.client.frames import file_frames, folder_files, video_frames
 from facedet.client.health_command import add_parser as add_health_parser
 from facedet.client.optional import MissingDependency
 
@@ -75,34 +72,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     detect.set_defaults(func=run_detect)
 
-    stream = sub.add_parser(
-        "stream",
-        help="detect faces in a video or a folder of images over one stream",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Stream a video's frames (decoded here with OpenCV, sent as raw BGR, or JPEG with\n"
-        "--jpeg) or a folder's JPEG/PNG files (in name order) to a server over StreamDetectFaces,\n"
-        "printing each frame's face count and a summary, or with --json one JSON line per frame.",
-        epilog=EXIT_STATUS,
-    )
-    stream.add_argument("source", metavar="VIDEO_OR_DIR", help="a video file or a folder of images")
-    _add_client_arguments(stream, None, "seconds for the whole stream, connecting included (default: none)")
-    stream.add_argument(
-        "--json",
-        action="store_true",
-        help='JSON Lines as detect --json prints them ("file": the video, or the folder\'s file); '
-        "the summary goes to stderr",
-    )
-    stream.add_argument("--every", type=_positive_int, default=1, metavar="N", help="send every Nth frame")
-    stream.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after sending N frames")
-    stream.add_argument(
-        "--jpeg",
-        type=int,
-        nargs="?",
-        const=90,
-        metavar="QUALITY",
-        help="send video frames JPEG-encoded (default quality 90) instead of raw BGR pixels",
-    )
-    stream.set_defaults(func=run_stream)
+    # The video tool (video_command.py), imported here: it builds on this module's helpers.
+    from facedet.client.video_command import add_stream_parser
+
+    add_stream_parser(sub)
 
 
 def _positive_int(text: str) -> int:
@@ -291,61 +264,3 @@ def _draw(image: str, detection: Detection, out: Path) -> int:
         print(f"facedet detect: cannot draw {image} to {out}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
-
-
-def run_stream(args: argparse.Namespace) -> int:
-    try:
-        frames, file_of = _frames(args)
-    except (OSError, ValueError, MissingDependency) as exc:
-        print(f"facedet stream: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    summary_to = sys.stderr if args.json else sys.stdout
-    sent = faces = failed = 0
-    start = time.perf_counter()
-    with _client(args, None) as client:
-        try:
-            for response in client.stream(frames, timeout=args.timeout):
-                sent += 1
-                file = file_of(response.frame_id)
-                detection = response
-                if response.error is not None and file != args.source:  # a folder's file: name it
-                    error = Status(response.error.code, _naming(file, response.error.message))
-                    detection = replace(response, error=error)
-                if args.json:
-                    print(json_line(file, detection), flush=True)
-                elif detection.error is not None:
-                    print(f"frame {detection.frame_id}: {detection.error.code}: {detection.error.message}")
-                else:
-                    count = len(detection.faces)
-                    print(f"frame {detection.frame_id}: {count} face{'s' if count != 1 else ''}")
-                if detection.error is not None:
-                    failed += 1
-                else:
-                    faces += len(detection.faces)
-        except FaceDetectorError as exc:
-            if _no_server(exc) and not sent:
-                return _unreachable("stream", client.target, exc)
-            hint = "; try --jpeg to send smaller frames" if exc.code == "RESOURCE_EXHAUSTED" else ""
-            print(f"facedet stream: stream failed: {exc.code}: {exc.message}{hint}", file=sys.stderr)
-            return EXIT_FAILED
-        except (OSError, ValueError) as exc:
-            print(f"facedet stream: after {sent} frames: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-    elapsed = time.perf_counter() - start
-    print(
-        f"{sent} frames, {faces} faces, {failed} failed in {elapsed:.2f} s: {sent / elapsed:.1f} frames/s",
-        file=summary_to,
-    )
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _frames(args: argparse.Namespace) -> tuple[Iterator[Frame], Callable[[int], str]]:
-    """The frames to send, and the file each frame id comes from (for messages and --json)."""
-    source = Path(args.source)
-    if source.is_dir():
-        files = folder_files(source)
-        return file_frames(files, args.every, args.max_frames), lambda frame_id: str(files[frame_id])
-    if not source.exists():
-        raise FileNotFoundError(f"no such video file or folder: {source}")
-    frames = video_frames(source, args.every, args.max_frames, jpeg_quality=args.jpeg)
-    return frames, lambda frame_id: args.source
