@@ -109,10 +109,10 @@ def test_a_flood_of_tiny_requests_is_refused_not_fatal(start_server: ServerFacto
 # The checks themselves, on real files: nothing normal is refused.
 
 
-def _jpeg(size: tuple[int, int] = (480, 640), **save: object) -> bytes:
+def _jpeg(size: tuple[int, int] = (480, 640), save: dict[str, object] | None = None) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 255, (*size, 3), np.uint8)
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG", **save)
+    Image.fromarray(pixels).save(out, "JPEG", **(save or {}))
     return out.getvalue()
 
 
@@ -121,7 +121,7 @@ def _jpeg(size: tuple[int, int] = (480, 640), **save: object) -> bytes:
     [({}, 1), ({"progressive": True}, 10), ({"progressive": True, "subsampling": 0}, 10)],
 )
 def test_count_scans_of_real_jpegs(save: dict[str, object], scans: int) -> None:
-    data = _jpeg(**save)
+    data = _jpeg(save=save)
     assert count_scans(data, 500) == scans
     decode_encoded(data, 50_000_000)
 
@@ -130,7 +130,7 @@ def test_count_scans_skips_an_exif_thumbnail() -> None:
     """An APP1 segment may carry a whole JPEG (SOS marker and all) as a thumbnail."""
     thumbnail = _jpeg((48, 64))
     app1 = b"Exif\x00\x00" + thumbnail
-    data = _jpeg(progressive=True)
+    data = _jpeg(save={"progressive": True})
     with_thumbnail = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
     assert count_scans(with_thumbnail, 500) == 10
 
