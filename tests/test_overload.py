@@ -9,11 +9,14 @@ bounds loose enough for two busy cores: they catch a collapse, not a few percent
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
+import pytest
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_bench import overload
-from facedet_test_support import IMAGES, ServerFactory, detect_request, image_bytes
+from facedet_test_support import IMAGES, ServerFactory, detect_request, free_port, image_bytes, wait_for
+from test_metrics import scrape, value
 
 
 def test_burst_is_answered_or_refused_at_once(start_server: ServerFactory) -> None:
@@ -39,18 +42,23 @@ def test_burst_is_answered_or_refused_at_once(start_server: ServerFactory) -> No
     refused = report.statuses.get("RESOURCE_EXHAUSTED", 0)
     assert refused > report.calls / 3, summary
     assert report.retry_hints == refused, summary
-    assert report.refused_p99_ms < 1000, summary
+    assert report.refused_p99_ms < 2000, summary
     # Not collapsing: the server still does useful work at a fair share of its capacity.
     assert report.goodput_of_capacity > 0.3, summary
     assert report.health_failures == 0, summary
     assert report.health_p99_ms < 1000, summary
     assert report.server_peak_rss_mib is not None and report.server_peak_rss_mib < 1200, summary
+    # The heavy threads run at --worker-nice (5 by default), the event loop's at the server's own.
+    nice = thread_niceness(server.proc.pid)
+    assert nice[server.proc.pid] == 0, nice
+    assert sum(1 for n in nice.values() if n == 5) >= 2, nice
 
 
 def test_a_deadline_the_queue_cannot_meet_is_refused_with_a_retry_hint(start_server: ServerFactory) -> None:
-    """With calls queued, one whose deadline is shorter than one batch takes is refused before
-    any work, and its trailing metadata says when to retry."""
-    server = start_server(unix=False)
+    """With a backlog queued, a call whose deadline the backlog cannot meet is refused before any
+    work, well within its deadline, and its trailing metadata says when to retry."""
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server("--metrics-listen", address, unix=False)
     data = image_bytes("zidane.jpg")
     with grpc.insecure_channel(server.target) as channel:
         detect = channel.unary_unary(
@@ -60,18 +68,27 @@ def test_a_deadline_the_queue_cannot_meet_is_refused_with_a_retry_hint(start_ser
         )
         for _ in range(3):  # the server learns how long a batch takes
             detect(detect_request(data), timeout=30)
-        backlog = [detect.future(detect_request(data), timeout=60) for _ in range(100)]
-        time.sleep(0.2)
-        try:
-            started = time.perf_counter()
-            detect(detect_request(data), timeout=0.3)
-            raise AssertionError("a call behind a backlog of 100 fit in a 0.3 s deadline")
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-            assert "expected wait" in (exc.details() or ""), exc.details()
-            trailing = {m.key: str(m.value) for m in exc.trailing_metadata() or ()}
-            assert int(trailing["retry-after-ms"]) > 0, trailing
-            assert trailing["grpc-retry-pushback-ms"] == trailing["retry-after-ms"], trailing
-            assert time.perf_counter() - started < 0.3
+        backlog = [detect.future(detect_request(data), timeout=120) for _ in range(200)]
+        # 150 queued: 75 images per batch worker, seconds of work on any CPU.
+        wait_for(lambda: value(scrape(address), "facedet_queue_depth") >= 150, 60, "a backlog of 150")
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as refused:
+            detect(detect_request(data), timeout=1.0)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+        assert "expected wait" in (refused.value.details() or ""), refused.value.details()
+        assert time.perf_counter() - started < 1.0
+        trailing = {m.key: str(m.value) for m in refused.value.trailing_metadata() or ()}
+        assert int(trailing["retry-after-ms"]) > 0, trailing
+        assert trailing["grpc-retry-pushback-ms"] == trailing["retry-after-ms"], trailing
         for future in backlog:
             assert len(future.result().faces) == 2
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Thread id -> niceness of each thread of `pid` (field 19 of /proc/PID/task/TID/stat)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+        found[int(task.name)] = int(fields[16])
+    return found

@@ -267,13 +267,23 @@ def _wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float) ->
     raise RuntimeError(f"server not SERVING within {timeout} s")
 
 
+# Where a checkout keeps its Python packages (pyproject.toml's packages.find).
+PACKAGE_ROOTS = ("clients/python", "server", "converter", "trt_runtime", "tools")
+
+
 def start_server(
-    model: Path, server_args: list[str], log: Path, python: str = sys.executable
+    model: Path, server_args: list[str], log: Path, checkout: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`facedet serve` on a free loopback port, SERVING; from `checkout` (another checkout's
+    packages ahead of the installed ones, e.g. a worktree of an older commit) when given."""
     port = _free_port()
     target = f"127.0.0.1:{port}"
-    command = [python, "-m", "facedet.cli", "serve", "--model", str(model), "--listen", target, *server_args]
+    command = [
+        sys.executable, "-m", "facedet.cli", "serve", "--model", str(model), "--listen", target, *server_args
+    ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")}
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join(str(checkout.resolve() / root) for root in PACKAGE_ROOTS)
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
     try:
@@ -292,7 +302,7 @@ def run(args: argparse.Namespace) -> Report:
     if target is None:
         if args.model is None:
             raise SystemExit("--model is needed unless --target names a running server")
-        proc, target = start_server(args.model, args.server_arg, args.server_log)
+        proc, target = start_server(args.model, args.server_arg, args.server_log, args.server_checkout)
         pid = proc.pid
     try:
         return asyncio.run(_measure(target, request, args, pid))
@@ -313,6 +323,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="HOST:PORT of a running server, instead of starting one")
     p.add_argument("--pid", type=int, help="with --target: the server's pid, for its peak RSS")
     p.add_argument("--server-arg", action="append", default=[], help="a flag for the server started")
+    p.add_argument(
+        "--server-checkout",
+        type=Path,
+        help="run the server from this checkout's code (e.g. a git worktree of an older commit)",
+    )
     p.add_argument("--server-log", type=Path, default=Path("/tmp/facedet-overload-server.log"))
     p.add_argument("--capacity-seconds", type=float, default=8.0)
     p.add_argument("--capacity", type=float, default=0.0, help="skip step 1 and take this capacity")

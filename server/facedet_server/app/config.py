@@ -355,6 +355,13 @@ class ServerConfig:
         BATCHING,
         bounds=ZERO_IS_AUTOMATIC,
     )
+    worker_nice: int = setting(
+        5,
+        "niceness added to the decode and inference threads, so that under overload the event "
+        "loop (health checks, refusals) gets the CPU before them; 0 = none",
+        BATCHING,
+        bounds=Bounds(low=0, high=19),
+    )
     gil_switch_ms: float = setting(
         0.0,
         "milliseconds a Python thread may keep the interpreter lock while another waits for it "

@@ -183,7 +183,9 @@ def build_service(
         workers=config.batch_workers,
     )
     defaults = Options(config.min_confidence, config.iou_threshold, config.max_faces, 0.0)
-    return DetectionService(detector, batcher_config, defaults, config.decode_threads, metrics)
+    return DetectionService(
+        detector, batcher_config, defaults, config.decode_threads, metrics, config.worker_nice
+    )
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:

@@ -4,6 +4,8 @@ async `detect` call. Transport-free, so the gRPC servicer and the in-process ben
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import threading
 import time
@@ -79,6 +81,16 @@ def request_options(defaults: Options, requested: RequestOptions, max_faces_limi
     )
 
 
+def lower_priority(nice: int) -> None:
+    """Run on each new decode and inference thread: `nice` more niceness for it (Linux sets it
+    per thread). With every core busy under overload, the event loop, which answers health
+    checks and refuses what cannot be served, then gets the CPU before the threads doing the
+    heavy work, instead of taking its turn behind them."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 def _prepare_unless_expired(
     preparer: Preparer[P], image: ImageInput, options: Options, deadline: float | None
 ) -> P:
@@ -100,15 +112,21 @@ class DetectionService(Generic[P]):
         defaults: Options,
         decode_threads: int = 0,
         metrics: ServiceMetrics | None = None,
+        worker_nice: int = 0,
     ) -> None:
+        """`worker_nice` is added to the niceness of the decode and inference threads (see
+        `lower_priority`)."""
         self.pipeline = pipeline
         self.metrics = metrics or NoServiceMetrics()
         self.defaults = defaults
+        lower = functools.partial(lower_priority, worker_nice)
         self.decode_pool = ThreadPoolExecutor(
-            decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
+            decode_threads or os.cpu_count() or 1, thread_name_prefix="decode", initializer=lower
         )
         # One thread per batch worker: the backend runs there, never on the event loop.
-        self.infer_pool = ThreadPoolExecutor(batcher_config.workers, thread_name_prefix="infer")
+        self.infer_pool = ThreadPoolExecutor(
+            batcher_config.workers, thread_name_prefix="infer", initializer=lower
+        )
         self.batcher: Batcher[P, Detection] = Batcher(
             self._infer, self.infer_pool, batcher_config, on_start=self._record_queue, observer=self.metrics
         )
