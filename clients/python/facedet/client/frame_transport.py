@@ -2,8 +2,9 @@
 
 Raw pixels (RawImage BGR8) cost no encoding here and no decoding there, but are about ten times
 the bytes; JPEG is the reverse. Which is cheaper per frame depends on the link: the figures are
-in docs/benchmarks.md ("Issue 16: video frames, JPEG or raw"), measured by
-`python -m facedet_bench.video_transport`, and `default_transport` follows them.
+in docs/benchmarks.md ("Issue 16: video frames, JPEG or raw, TCP or unix socket"), measured by
+`python -m facedet_bench.video_transport`, and `default_transport` follows them: at 640x480 the
+transport costs 3.4-3.8 ms a frame either way, beside some 26 ms for the model.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ DEFAULT_JPEG_QUALITY = 90
 
 
 def default_transport(target: str) -> Transport:
-    """Raw pixels over a unix socket (a memory copy: cheaper than encoding), JPEG over TCP (a
-    tenth of the bytes, which a real network needs more than the CPU saved; see the module
-    docstring for the figures)."""
+    """Raw pixels over a unix socket (the bytes are a memory copy, and the server spends no CPU
+    decoding JPEG), JPEG over TCP (a 25th of the bytes: cheaper even on loopback, and what a
+    real network needs)."""
     return "raw" if target.startswith("unix:") else "jpeg"
 
 
