@@ -4,7 +4,10 @@ network stream served by ffmpeg, and a folder; file and live mode; the --blur/--
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import time
@@ -16,7 +19,18 @@ import pytest
 from facedet.cli import main
 from facedet.client.anonymise import DEFAULT_PADDING, padded_box
 from facedet.client.messages import BoundingBox
-from facedet_test_support import IMAGES, SHARED, Server, ServerFactory, free_port, require, wait_for
+from facedet_test_support import (
+    IMAGES,
+    REPO,
+    SHARED,
+    Server,
+    ServerFactory,
+    clean_env,
+    facedet_command,
+    free_port,
+    require,
+    wait_for,
+)
 
 av = pytest.importorskip("av", reason="the video tool needs PyAV (in the dev extra)")
 
@@ -231,6 +245,33 @@ def test_a_folder_as_a_video(server: Server, tmp_path: Path, capsys: pytest.Capt
     assert [len(line["faces"]) for line in lines] == [2, 2, 8]
     written = decoded(out)
     assert [t for t, _ in written] == pytest.approx([0, 1 / 30, 2 / 30], abs=1e-3)
+
+
+def test_a_progress_line_on_a_terminal_only(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    master, terminal = os.openpty()
+    try:
+        done = subprocess.run(
+            facedet_command("stream", str(VIDEO), "--server", server.target, "--max-frames", "20"),
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            env=clean_env(),
+            cwd=REPO,
+            timeout=120,
+            check=False,
+        )
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(master, 4096):
+                shown += chunk
+    finally:
+        os.close(master)
+    assert done.returncode == 0
+    assert re.search(rb"\r\d+ frames  [\d.]+ fps  0 dropped", shown), shown
+    assert b"\r" not in done.stdout  # the frame lines and the summary stay plain
+    # Not a terminal (as in every other test here): no progress line at all.
+    assert main(["stream", str(VIDEO), "--server", server.target, "--max-frames", "3"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_bad_sources_and_arguments_say_what_is_wrong(
