@@ -67,8 +67,15 @@ typecheck: setup-dev
 	$(BIN)/mypy
 	$(BIN)/mypy tests
 
-test: setup-dev lint typecheck
+test: setup-dev test-deps lint typecheck
 	$(BIN)/python -m pytest -q -ra
+
+# Debian's ffmpeg makes the video tests' clips and serves their network stream
+# (tests/test_video_stream.py); apt-get only where it is missing.
+.PHONY: test-deps
+test-deps:
+	@command -v ffmpeg >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg; }
 
 # One script for the three languages; Go's and C++'s tools come from Debian (apt where missing).
 proto: setup-dev clients-go-deps clients-cpp-packages
