@@ -194,6 +194,24 @@ def test_live_mode_against_a_slow_server_drops_frames_and_keeps_real_time(
     assert len(decoded(out)) == CLIP_FRAMES  # the output still has every frame
 
 
+def test_live_mode_counts_the_frames_the_server_drops(
+    start_server: ServerFactory, clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A wide window hands the slow server several frames at once: its own live mode
+    # (options.live) runs the newest and answers the older ones as dropped.
+    slow = start_server("--input-size", "3200", "--batch-workers", "1", "--intra-op-threads", "1")
+    status, lines, err = stream_json(
+        capsys, str(clip), "--server", slow.unix_target, "--mode", "live", "--window", "6"
+    )
+    assert status == 0, err
+    assert [line["index"] for line in lines] == list(range(CLIP_FRAMES))
+    by_server = [line for line in lines if line.get("dropped_by") == "server"]
+    assert by_server, err
+    assert all(line["dropped"] and line["faces"] == [] for line in by_server)
+    here = sum(1 for line in lines if line.get("dropped_by") == "client")
+    assert f"({here} here, {len(by_server)} by the server)" in err
+
+
 def _listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:`port`, read from /proc (connecting to find out
     would take the one client ffmpeg's -listen 1 serves)."""
