@@ -11,17 +11,15 @@ unless FACEDET_REQUIRE_CLIENTS=1 (CI sets it): then they fail.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_contract_support import Record, records, same, without_timing
 from facedet_test_support import (
     EXPECTED_FACES,
     IMAGES,
@@ -35,14 +33,13 @@ from facedet_test_support import (
     silent_listener,
     wait_for,
 )
-from test_security import Pki
-from test_security import start as start_unix_checked
+from pki_support import Pki
+from pki_support import start_checked_over_unix as start_unix_checked
 
 BINARY = REPO / "build" / "clients" / "facedet-cpp"
 # What `make clients-cpp` needs to build here without installing anything (it would apt-get the rest).
 BUILD_TOOLS = ("make", "cmake", "g++")
 BUILD_PACKAGES = ("libgrpc++-dev", "libprotobuf-dev", "pkg-config")
-Record = dict[str, Any]
 
 
 def _required() -> bool:
@@ -87,32 +84,6 @@ def run_cpp(binary: Path, *args: str, timeout: float = 120) -> subprocess.Comple
     return subprocess.run(
         [str(binary), *args], capture_output=True, text=True, env=clean_env(), timeout=timeout, check=False
     )
-
-
-def records(stdout: str) -> list[Record]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def same(got: Any, want: Any, where: str = "") -> None:
-    """Equal JSON values, floats within float32 printing and run-to-run tolerance."""
-    if isinstance(want, float) or isinstance(got, float):
-        assert math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-3), f"{where}: {got} != {want}"
-    elif isinstance(want, dict):
-        assert isinstance(got, dict) and set(got) == set(want), (
-            f"{where}: keys {sorted(got)} != {sorted(want)}"
-        )
-        for key in want:
-            same(got[key], want[key], f"{where}.{key}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), f"{where}: {len(got)} items != {len(want)}"
-        for index, (g, w) in enumerate(zip(got, want, strict=True)):
-            same(g, w, f"{where}[{index}]")
-    else:
-        assert got == want, f"{where}: {got!r} != {want!r}"
-
-
-def without_timing(record: Record) -> Record:
-    return {k: v for k, v in record.items() if k != "timing"}
 
 
 @pytest.fixture(scope="module")

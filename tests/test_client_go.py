@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_contract_support import Record, records, same, without_timing
 from facedet_test_support import (
     EXPECTED_FACES,
     IMAGES,
@@ -31,9 +32,8 @@ from facedet_test_support import (
     wait_for,
 )
 from go_client_support import BINARY, make, unavailable
-from test_client_cpp import Record, records, same, without_timing
-from test_security import Pki
-from test_security import start as start_unix_checked
+from pki_support import Pki
+from pki_support import start_checked_over_unix as start_unix_checked
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from facedet_test_support import (
     wait_for,
     without_comment,
 )
-from test_security import Pki
-from test_security import start as start_tls_server
+from pki_support import Pki
+from pki_support import start_checked_over_unix as start_tls_server
 
 Answer = tuple[int, Any]  # (HTTP status, the JSON body)
 CURL = shutil.which("curl")
