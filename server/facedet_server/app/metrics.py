@@ -56,7 +56,7 @@ class PrometheusMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "facedet_requests",
-            "Detection requests answered: one per DetectFaces call and one per stream frame",
+            "Detection requests answered: one per DetectFaces call, stream frame and HTTP /predictions call",
             ["method", "code"],
             registry=registry,
         )
