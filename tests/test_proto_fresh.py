@@ -3,49 +3,21 @@ proto/gen_python.py generates from the .proto now; regenerate with `make proto` 
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_test_support import REPO
+from proto_support import load_generator, stale_files
 
 COMMITTED = REPO / "clients" / "python"
 
 
-def load_generator() -> ModuleType:
-    path = REPO / "proto" / "gen_python.py"
-    spec = importlib.util.spec_from_file_location("facedet_gen_python", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    generated: list[Path] = load_generator().generate(tmp_path)
+    generated: list[Path] = load_generator("python").generate(tmp_path)
     names = sorted(p.name for p in generated)
     assert names == ["face_detector_pb2.py", "face_detector_pb2.pyi", "face_detector_pb2_grpc.py"], names
-    stale = []
-    for path in generated:
-        relative = path.relative_to(tmp_path)
-        committed = COMMITTED / relative
-        assert path.is_file(), f"generator did not write {relative}"
-        if not committed.is_file():
-            stale.append(f"{relative}: not committed")
-            continue
-        fresh_text, old_text = path.read_text(), committed.read_text()
-        if fresh_text != old_text:
-            lines = difflib.unified_diff(
-                old_text.splitlines(True),
-                fresh_text.splitlines(True),
-                f"committed/{relative}",
-                f"fresh/{relative}",
-            )
-            diff = "".join(list(lines)[:40])
-            stale.append(f"{relative} differs:\n{diff}")
+    stale = stale_files(generated, tmp_path, COMMITTED)
     assert not stale, "generated code is stale against the .proto; run `make proto`:\n" + "\n".join(stale)
 
 

@@ -6,14 +6,13 @@ is built against); where they are missing this skips, unless FACEDET_REQUIRE_CLI
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import os
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from facedet_test_support import REPO
+from proto_support import load_generator, stale_files
 
 COMMITTED = REPO / "clients" / "cpp" / "gen"
 EXPECTED = [
@@ -26,18 +25,9 @@ EXPECTED = [
 ]
 
 
-def load_generator() -> ModuleType:
-    path = REPO / "proto" / "gen_cpp.py"
-    spec = importlib.util.spec_from_file_location("facedet_gen_cpp", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
-    module = load_generator()
+    module = load_generator("cpp")
     try:
         module.tools()
     except FileNotFoundError as exc:
@@ -50,23 +40,7 @@ def generator() -> ModuleType:
 def test_generated_cpp_is_fresh(generator: ModuleType, tmp_path: Path) -> None:
     generated: list[Path] = generator.generate(tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in generated) == EXPECTED
-    stale = []
-    for path in generated:
-        relative = path.relative_to(tmp_path)
-        committed = COMMITTED / relative
-        assert path.is_file(), f"generator did not write {relative}"
-        if not committed.is_file():
-            stale.append(f"{relative}: not committed")
-            continue
-        fresh_text, old_text = path.read_text(), committed.read_text()
-        if fresh_text != old_text:
-            lines = difflib.unified_diff(
-                old_text.splitlines(True),
-                fresh_text.splitlines(True),
-                f"committed/{relative}",
-                f"fresh/{relative}",
-            )
-            stale.append(f"{relative} differs:\n{''.join(list(lines)[:40])}")
+    stale = stale_files(generated, tmp_path, COMMITTED)
     assert not stale, "C++ stubs are stale against the .proto; run `make proto-cpp`:\n" + "\n".join(stale)
 
 

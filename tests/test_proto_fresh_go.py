@@ -3,29 +3,18 @@ generates from the .proto now; regenerate with `make proto-go` when this fails."
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 from facedet_test_support import REPO
 from go_client_support import require_tools
+from proto_support import load_generator, stale_files
 
 COMMITTED = REPO / "clients" / "go"
 
 
-def load_generator() -> ModuleType:
-    path = REPO / "proto" / "gen_go.py"
-    spec = importlib.util.spec_from_file_location("facedet_gen_go", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_go_code_is_fresh(tmp_path: Path) -> None:
     require_tools("protoc", "protoc-gen-go-grpc", "go")
-    generated: list[Path] = load_generator().generate(tmp_path)
+    generated: list[Path] = load_generator("go").generate(tmp_path)
     names = sorted(p.relative_to(tmp_path).as_posix() for p in generated)
     assert names == [
         "gen/facedet/v1/face_detector.pb.go",
@@ -33,22 +22,7 @@ def test_generated_go_code_is_fresh(tmp_path: Path) -> None:
     ], names
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.go"))
     assert written == names, f"the generator wrote files it does not return: {written}"
-    stale = []
-    for path in generated:
-        relative = path.relative_to(tmp_path)
-        committed = COMMITTED / relative
-        if not committed.is_file():
-            stale.append(f"{relative}: not committed")
-            continue
-        fresh_text, old_text = path.read_text(), committed.read_text()
-        if fresh_text != old_text:
-            lines = difflib.unified_diff(
-                old_text.splitlines(True),
-                fresh_text.splitlines(True),
-                f"committed/{relative}",
-                f"fresh/{relative}",
-            )
-            stale.append(f"{relative} differs:\n{''.join(list(lines)[:40])}")
+    stale = stale_files(generated, tmp_path, COMMITTED)
     assert not stale, "generated Go code is stale against the .proto; run `make proto-go`:\n" + "\n".join(
         stale
     )
