@@ -9,20 +9,23 @@ that reads TorchServe errors reads ours.
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 
 import msgspec
 
-from facedet_server.errors import Code, DetectError
+from facedet_server.errors import Code, DetectError, Overloaded
 from facedet_server.pipeline.base import Detection
 
 _ENCODER = msgspec.json.Encoder()
 
 # What each service error becomes over HTTP. A full queue is 503, as TorchServe answers it (its
-# clients retry 503s), not 429: the server is out of capacity, not the client over a quota.
+# clients retry 503s), not 429: the server is out of capacity, not the client over a quota. A
+# deadline that passed before the answer is 504, the status proxies give a call that timed out.
 HTTP_STATUS = {
     Code.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
     Code.RESOURCE_EXHAUSTED: HTTPStatus.SERVICE_UNAVAILABLE,
+    Code.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     Code.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     Code.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
@@ -44,6 +47,15 @@ def http_status(error: DetectError) -> HTTPStatus:
     if isinstance(error, BodyTooLarge):
         return HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     return HTTP_STATUS[error.code]
+
+
+def retry_after(error: DetectError) -> str | None:
+    """The `Retry-After` header of a refusal that carries a retry hint: whole seconds (the header
+    takes no fractions), rounded up and at least 1, so a client that obeys it never comes back
+    before the server said it could; None for any other error."""
+    if not isinstance(error, Overloaded) or error.retry_after_ms is None:
+        return None
+    return str(max(1, math.ceil(error.retry_after_ms / 1000)))
 
 
 def error_body(error: DetectError) -> bytes:

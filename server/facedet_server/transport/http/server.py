@@ -27,6 +27,7 @@ from facedet_server.transport.http.demo_json import (
     faces_body,
     http_status,
     ping_body,
+    retry_after,
 )
 from facedet_server.transport.http.tls import HttpTls, HttpTlsError
 
@@ -240,6 +241,9 @@ class HttpFrontEnd:
         if isinstance(error, BodyTooLarge) and self.service is not None:
             self.service.record_rejection(error)  # the service never saw it; count it as gRPC does
         response = web.Response(status=status, body=error_body(error), content_type=JSON)
+        wait = retry_after(error)
+        if wait is not None:
+            response.headers["Retry-After"] = wait  # as gRPC's trailers carry retry-after-ms
         if isinstance(error, BodyTooLarge):
             response.force_close()  # the rest of the body is never read: end the connection
         return response, error.code.value
