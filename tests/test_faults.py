@@ -210,3 +210,52 @@ def test_failures_in_a_row_make_the_runtime_unusable_until_it_is_rebuilt(
     assert events.count("runtime_reload_failed") == 2, events
     assert events.count("runtime_reloaded") == 1, events
     assert server.stop() == 0, server.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_fault_in_the_engine_process_fails_only_its_batch(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """--engine-process on: the engine runs the model, so the switch arms it (through the
+    supervisor's environment). One fault under load from two clients fails one call, INTERNAL
+    with the engine's message; the other calls are answered and both front ends go on serving."""
+    server, control = faulty_server(
+        start_server, tmp_path, "--processes", "2", "--engine-process", "on", "--engine-max-batch", "1"
+    )
+
+    def front_ends_serving() -> int:
+        return sum(r.get("event") == "serving" and r.get("role") == "frontend" for r in server.log_records())
+
+    wait_for(lambda: front_ends_serving() == 2, 60, "both front ends to log serving")
+    data = image_bytes("zidane.jpg")
+    stop = threading.Event()
+    answers: list[tuple[grpc.StatusCode, str, int]] = []
+
+    def calls() -> None:  # a channel each: SO_REUSEPORT may hand them to different front ends
+        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.FaceDetectorStub(channel)
+            while not stop.is_set():
+                answers.append(detect(stub, data))
+
+    threads = [threading.Thread(target=calls) for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(answers) >= 4, 30, "load to be flowing")
+    arm(control, "1 cuda")
+    wait_for(lambda: not control.exists(), 10, "the engine to take the control file")
+    time.sleep(1.0)  # more calls after the fault
+    stop.set()
+    for t in threads:
+        t.join(60)
+
+    failures = [a for a in answers if a[0] != grpc.StatusCode.OK]
+    assert len(failures) == 1 and failures[0][0] == grpc.StatusCode.INTERNAL, failures
+    assert "engine process" in failures[0][1] and "CUDA error" in failures[0][1], failures
+    assert all(a[2] == ZIDANE_FACES for a in answers if a[0] == grpc.StatusCode.OK)
+    for _ in range(4):  # fresh connections, wherever the kernel sends them: all answered
+        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+            assert detect(pb_grpc.FaceDetectorStub(channel), data) == (grpc.StatusCode.OK, "", ZIDANE_FACES)
+    events = [r.get("event") for r in server.log_records()]
+    assert events.count("fault_injected") == 1 and "engine_batch_failed" in events, events
+    assert front_ends_serving() == 2, "a front end was restarted"
+    assert server.stop() == 0, server.log_text()

@@ -48,7 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         try:
             run_engine(server_config)
-        except (ModelFileError, OSError) as exc:  # OSError: the socket cannot be created
+        # OSError: the socket cannot be created; StartupError: FACEDET_FAULT_INJECTION set wrong
+        except (ModelFileError, OSError, StartupError) as exc:
             print(f"facedet serve --role engine: {exc}", file=sys.stderr)
             return 1
         return 0

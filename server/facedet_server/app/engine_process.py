@@ -22,7 +22,7 @@ log = structlog.get_logger("facedet.engine")
 
 
 def run_engine(config: ServerConfig) -> None:
-    from facedet_server.app.server import build_pipeline, resolve_for_model
+    from facedet_server.app.server import armed_faults, build_pipeline, resolve_for_model
     from facedet_server.model.files import resolve_model
 
     stop = threading.Event()
@@ -34,7 +34,10 @@ def run_engine(config: ServerConfig) -> None:
     config = resolve_for_model(config, model_path)  # before the 0 = automatic fallbacks below
     threads = config.engine_threads or config.batch_workers
     max_batch = config.engine_max_batch or config.max_batch
-    pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path)
+    # The engine runs the model, so it is where test-only fault injection must arm (the front
+    # ends never run it): FACEDET_FAULT_INJECTION reaches it through the supervisor's environment.
+    faults = armed_faults()
+    pipeline = build_pipeline(replace(config, max_batch=max_batch), model_path, faults)
     sys.setswitchinterval(config.gil_switch_ms / 1000)
     engine = EngineServer(pipeline, Path(config.engine_socket), threads, max_batch)
     engine.start()
