@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -50,3 +51,12 @@ def make(target: str, timeout: float = BUILD_TIMEOUT) -> subprocess.CompletedPro
         timeout=timeout,
         check=False,
     )
+
+
+def build_client() -> Path:
+    """The binary, rebuilt first by `make clients-go` so that the tests never run a stale one."""
+    build = make("clients-go")
+    if build.returncode != 0:
+        unavailable(f"`make clients-go` failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    assert BINARY.is_file(), f"make clients-go did not write {BINARY}"
+    return BINARY

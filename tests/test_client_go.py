@@ -1,8 +1,6 @@
-"""The Go example client (clients/go, `build/clients/facedet-go`) against real `facedet serve`
-processes: the same faces as the Python client (`facedet detect --json`) over TCP and a unix
-socket, the common command-line contract (JSON Lines, error lines, exit statuses), one
-bidirectional stream in order, TLS + mutual TLS + the bearer token, round_robin over two servers
-and a server killed mid-run; and the Go unit tests (`make clients-go-test`).
+"""What only the Go example client (clients/go, `build/clients/facedet-go`) has: its own unit
+tests (`make clients-go-test`) and a check of list targets before any call. The command-line
+contract it shares with the C++ client is tested in tests/test_example_clients.py.
 
 The binary is built by `make clients-go` at the start (an up-to-date build takes seconds). Where
 it cannot be built the tests skip, saying why, unless FACEDET_REQUIRE_CLIENTS=1 (CI sets it):
@@ -11,45 +9,17 @@ then they fail.
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from cli_contract_support import Record, records, same, without_timing
-from facedet_test_support import (
-    EXPECTED_FACES,
-    IMAGES,
-    PHOTOS,
-    Server,
-    ServerFactory,
-    clean_env,
-    free_port,
-    run_cli,
-    silent_listener,
-    wait_for,
-)
-from go_client_support import BINARY, make, unavailable
-from pki_support import Pki
-from pki_support import start_checked_over_unix as start_unix_checked
+from facedet_test_support import clean_env
+from go_client_support import build_client, make
 
 
 @pytest.fixture(scope="module")
 def go_client() -> Path:
-    """The binary, rebuilt first so that the tests never run a stale one."""
-    build = make("clients-go")
-    if build.returncode != 0:
-        unavailable(f"`make clients-go` failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
-    assert BINARY.is_file(), f"make clients-go did not write {BINARY}"
-    return BINARY
-
-
-def run_go(binary: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binary), *args], capture_output=True, text=True, env=clean_env(), timeout=timeout, check=False
-    )
+    return build_client()
 
 
 def test_go_vet_and_unit_tests(go_client: Path) -> None:
@@ -61,339 +31,16 @@ def test_go_vet_and_unit_tests(go_client: Path) -> None:
     assert "ok  \tgithub.com/facedet/facedet/clients/go/facedet" in result.stdout
 
 
-@pytest.fixture(scope="module")
-def server(module_server_factory: ServerFactory) -> Server:
-    """One server (TCP and unix socket) for the module; its summaries count calls for round_robin."""
-    return module_server_factory("--summary-interval", "0.5")
-
-
-@pytest.fixture(scope="module")
-def python_records(server: Server) -> dict[str, Record]:
-    """What the Python client prints for every shared photo, by file."""
-    photos = [str(IMAGES / name) for name in PHOTOS]
-    result = run_cli("detect", *photos, "--server", server.target, "--json")
-    assert result.returncode == 0, result.stderr
-    return {r["file"]: r for r in records(result.stdout)}
-
-
-@pytest.mark.parametrize("transport", ["tcp", "unix", "unix-short"])
-def test_detect_gives_the_python_clients_faces(
-    go_client: Path, server: Server, python_records: dict[str, Record], transport: str
-) -> None:
-    target = {
-        "tcp": server.target,
-        "unix": server.unix_target,  # unix:///abs/path
-        "unix-short": f"unix:{server.socket_path}",
-    }[transport]
-    photos = [str(IMAGES / name) for name in PHOTOS]
-    result = run_go(go_client, "detect", *photos, "--server", target, "--json")
-    assert result.returncode == 0, result.stderr
-    got = records(result.stdout)
-    assert [r["file"] for r in got] == photos
-    for record in got:
-        want = python_records[record["file"]]
-        # Every field the Python client prints, named as it names them; only the timings differ.
-        assert set(record["timing"]) == set(want["timing"]), record["timing"]
-        same(without_timing(record), without_timing(want), record["file"])
-    counts = {Path(r["file"]).name: len(r.get("faces", [])) for r in got}
-    assert {name: counts[name] for name in EXPECTED_FACES} == EXPECTED_FACES
-
-
-def test_detect_human_output_and_options(go_client: Path, server: Server) -> None:
-    zidane = str(IMAGES / "zidane.jpg")
-    result = run_go(go_client, "detect", zidane, "--server", server.target)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"{zidane}: 2 faces in 1280x720 (server "), lines
-    assert len(lines) == 3 and all("confidence 0." in line for line in lines[1:]), lines
-    # The options reach the server: one face at most, and none above an impossible confidence.
-    one = records(
-        run_go(go_client, "detect", zidane, "--server", server.target, "--json", "--max-faces", "1").stdout
+def test_a_list_address_without_a_port_is_exit_2(go_client: Path) -> None:
+    """facedet-go checks every address of an ipv4: list itself, so a missing port is a usage
+    error (exit 2) before any call; the C++ client hands the target to gRPC as it is."""
+    result = subprocess.run(
+        [str(go_client), "detect", "a.jpg", "--server", "ipv4:127.0.0.1"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
     )
-    assert len(one[0]["faces"]) == 1
-    none = run_go(
-        go_client, "detect", zidane, "--server", server.target, "--json", "--min-confidence", "0.999"
-    )
-    assert none.returncode == 0 and "faces" not in records(none.stdout)[0]
-
-
-def test_a_failed_image_is_an_error_line_and_exit_1(go_client: Path, server: Server, tmp_path: Path) -> None:
-    not_image = tmp_path / "notes.jpg"
-    not_image.write_text("not a picture\n")
-    empty = tmp_path / "empty.png"
-    empty.write_bytes(b"")
-    missing = tmp_path / "missing.jpg"
-    zidane = str(IMAGES / "zidane.jpg")
-    files = [str(not_image), zidane, str(missing), str(empty), str(tmp_path)]
-    result = run_go(go_client, "detect", *files, "--server", server.target, "--json")
-    assert result.returncode == 1, result
-    got = records(result.stdout)
-    assert [r["file"] for r in got] == files  # the good image is still detected, in its place
-    assert len(got[1]["faces"]) == 2 and "error" not in got[1]
-    for record in (got[0], *got[2:]):
-        assert set(record) == {"file", "error"}, record
-        assert record["error"]["code"] == "INVALID_ARGUMENT", record
-        assert record["error"]["message"].startswith(f"{record['file']}: "), record
-    assert "not a JPEG or PNG" in got[0]["error"]["message"]  # the server's reason
-    assert got[2]["error"]["message"].endswith("no such file")
-    assert got[3]["error"]["message"].endswith("empty (0 bytes)")
-    assert got[4]["error"]["message"].endswith("is a folder, not an image file")
-    assert "facedet-go detect: INVALID_ARGUMENT: " in result.stderr
-
-
-@pytest.fixture
-def frames_folder(tmp_path: Path) -> tuple[Path, list[str]]:
-    """Twelve frames written in reverse order (so the folder's listing order is not name order),
-    a file that is not an image as frame 5, an upper-case suffix, and a text file that is not a
-    frame."""
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    sources = [PHOTOS[i % len(PHOTOS)] for i in range(12)]
-    for index in reversed(range(len(sources))):
-        data = b"garbage" if index == 5 else (IMAGES / sources[index]).read_bytes()
-        suffix = ".JPEG" if index == 7 else ".jpg"
-        (folder / f"frame-{index:03d}{suffix}").write_bytes(data)
-    (folder / "README.txt").write_text("not a frame")
-    return folder, sources
-
-
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
-def test_stream_sends_the_folder_in_order(
-    go_client: Path,
-    server: Server,
-    python_records: dict[str, Record],
-    frames_folder: tuple[Path, list[str]],
-    transport: str,
-) -> None:
-    folder, sources = frames_folder
-    target = server.target if transport == "tcp" else server.unix_target
-    result = run_go(go_client, "stream", str(folder), "--server", target, "--json")
-    assert result.returncode == 1, result  # frame 5 failed; the stream went on
-    got = records(result.stdout)
-    assert len(got) == len(sources)
-    for index, record in enumerate(got):
-        assert record.get("frame_id", "0") == str(index), record  # uint64: a string in proto JSON
-        assert Path(record["file"]).stem == f"frame-{index:03d}"
-        if index == 5:
-            assert record["error"]["code"] == "INVALID_ARGUMENT", record
-            assert record["error"]["message"].startswith(f"{record['file']}: ")
-            continue
-        want = without_timing(python_records[str(IMAGES / sources[index])])
-        same({k: v for k, v in without_timing(record).items() if k not in ("file", "frame_id")},
-             {k: v for k, v in want.items() if k != "file"}, record["file"])  # fmt: skip
-    assert "12 frames" in result.stderr and "1 failed" in result.stderr  # the summary, not on stdout
-
-    (folder / "frame-005.jpg").unlink()
-    human = run_go(go_client, "stream", str(folder), "--server", target, "--every", "2", "--max-frames", "4")
-    assert human.returncode == 0, human
-    lines = human.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines[:-1]] == ["frame 0", "frame 2", "frame 4", "frame 6"]
-    assert lines[-1].startswith("4 frames, ")
-
-
-def test_stream_matches_the_python_clients_stream(go_client: Path, server: Server) -> None:
-    """`facedet stream DIR --json` and `facedet-go stream DIR --json` print the same records."""
-    python = run_cli("stream", str(IMAGES), "--server", server.target, "--json")
-    go = run_go(go_client, "stream", str(IMAGES), "--server", server.target, "--json")
-    assert python.returncode == 0 and go.returncode == 0, (python.stderr, go.stderr)
-    want, got = records(python.stdout), records(go.stdout)
-    assert (
-        [r["file"] for r in got] == [r["file"] for r in want] == sorted(str(p) for p in IMAGES.glob("*.jpg"))
-    )
-    for g, w in zip(got, want, strict=True):
-        same(without_timing(g), without_timing(w), g["file"])
-
-
-def test_stream_of_a_folder_without_images(go_client: Path, server: Server, tmp_path: Path) -> None:
-    result = run_go(go_client, "stream", str(tmp_path), "--server", server.target)
-    assert result.returncode == 1 and "no .jpg, .jpeg or .png files" in result.stderr, result
-    result = run_go(go_client, "stream", str(tmp_path / "nowhere"), "--server", server.target)
-    assert result.returncode == 1 and "no such folder" in result.stderr, result
-
-
-def test_no_server_is_exit_3(go_client: Path) -> None:
-    zidane = str(IMAGES / "zidane.jpg")
-    started = time.monotonic()
-    refused = run_go(go_client, "detect", zidane, "--server", f"127.0.0.1:{free_port()}")
-    assert refused.returncode == 3, refused
-    assert "is not available" in refused.stderr and "connection refused" in refused.stderr
-    assert time.monotonic() - started < 5  # refused is said at once, not after --connect-timeout
-    with silent_listener() as target:
-        started = time.monotonic()
-        silent = run_go(go_client, "detect", zidane, "--server", target, "--connect-timeout", "1")
-        assert silent.returncode == 3, silent
-        assert f"no FaceDetector answered at {target} within 1 s" in silent.stderr
-        assert time.monotonic() - started < 10
-        silent = run_go(go_client, "stream", str(IMAGES), "--server", target, "--timeout", "1")
-        assert silent.returncode == 3 and "within 1 s" in silent.stderr, silent
-    missing_socket = run_go(go_client, "stream", str(IMAGES), "--server", "unix:/tmp/facedet-none/x.sock")
-    assert missing_socket.returncode == 3, missing_socket
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["detect"],
-        ["detect", "a.jpg", "--bogus"],
-        ["detect", "a.jpg", "--timeout", "0"],
-        ["detect", "a.jpg", "--timeout"],
-        ["detect", "a.jpg", "--every", "2"],
-        ["stream"],
-        ["stream", "a", "b"],
-        ["stream", "a", "--max-frames", "0"],
-        ["classify", "a.jpg"],
-        ["detect", "a.jpg", "--tls-cert", "c.pem"],
-        ["detect", "a.jpg", "--server", "ipv4:127.0.0.1"],
-    ],
-)
-def test_bad_arguments_are_exit_2(go_client: Path, args: list[str]) -> None:
-    result = run_go(go_client, *args)
     assert result.returncode == 2, result
     assert result.stderr.startswith("usage: facedet-go"), result.stderr
-
-
-def test_help_lists_the_flags_and_exit_statuses(go_client: Path) -> None:
-    result = run_go(go_client, "--help")
-    assert result.returncode == 0
-    flags = ["--server", "--json", "--timeout", "--connect-timeout", "--tls-ca", "--tls-cert", "--tls-key"]
-    for flag in (*flags, "--token-file", "--every", "--max-frames", "exit status:", "round_robin"):
-        assert flag in result.stdout
-    # The flag names are the Python client's: `facedet detect --help` lists the same ones.
-    python = run_cli("detect", "--help")
-    for flag in (*flags, "--token-file", "--min-confidence", "--max-faces", "--ignore-exif-orientation"):
-        assert flag in python.stdout, flag
-
-
-def test_tls_mutual_tls_and_token(go_client: Path, tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
-    cert, key = pki.write_server()
-    ca = tmp_path / "ca.pem"
-    ca.write_bytes(pki.ca_pem)
-    client_cert, client_key = pki.issue("pipeline")
-    (tmp_path / "client.pem").write_bytes(client_cert)
-    (tmp_path / "client.key").write_bytes(client_key)
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    server = start_unix_checked(
-        tmp_path, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca),
-        "--auth-token-file", str(token), name="tls",
-    )  # fmt: skip
-    zidane = str(IMAGES / "zidane.jpg")
-    client_files = ["--tls-cert", str(tmp_path / "client.pem"), "--tls-key", str(tmp_path / "client.key")]
-    mtls = ["--tls-ca", str(ca), *client_files]
-    with_token = ["--token-file", str(token)]
-
-    def detect(*flags: str, target: str = server.target) -> subprocess.CompletedProcess[str]:
-        return run_go(
-            go_client, "detect", zidane, "--server", target, "--json", "--connect-timeout", "3", *flags
-        )
-
-    try:
-        ok = detect(*mtls, *with_token)
-        assert ok.returncode == 0, ok
-        assert len(records(ok.stdout)[0]["faces"]) == 2
-        by_name = detect(*mtls, *with_token, target=f"localhost:{server.port}")  # the certificate's DNS name
-        assert by_name.returncode == 0, by_name
-        streamed = run_go(go_client, "stream", str(IMAGES), "--server", server.target, *mtls, *with_token)
-        assert streamed.returncode == 0 and streamed.stdout.count("frame ") == len(PHOTOS), streamed
-
-        no_token = detect(*mtls)
-        assert no_token.returncode == 1, no_token
-        assert records(no_token.stdout)[0]["error"]["code"] == "UNAUTHENTICATED"
-        wrong = tmp_path / "wrong"
-        wrong.write_text("guess")
-        refused = detect(*mtls, "--token-file", str(wrong))
-        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr, refused
-
-        no_client_cert = detect("--tls-ca", str(ca), *with_token)
-        assert no_client_cert.returncode == 3, no_client_cert  # the server refuses the handshake
-        system_cas = detect(*client_files, *with_token)
-        assert system_cas.returncode == 3, system_cas  # the system's CAs do not know ours
-        plaintext = detect(*with_token)
-        assert plaintext.returncode == 3, plaintext  # a plaintext client on the TLS port
-
-        # The unix socket stays plaintext; the token is still required there.
-        assert detect(target=server.unix_target).returncode == 1
-        plain = detect(*with_token, target=server.unix_target)
-        assert plain.returncode == 0, plain
-        unreadable = detect("--tls-ca", str(tmp_path / "no.pem"))
-        assert unreadable.returncode == 1 and f"cannot read {tmp_path / 'no.pem'}" in unreadable.stderr
-    finally:
-        server.stop()
-
-
-def _served(server: Server) -> int:
-    return sum(r.get("ok", 0) for r in server.log_records() if r.get("event") == "summary")
-
-
-@pytest.fixture
-def second_server(start_server: ServerFactory) -> Server:
-    return start_server("--summary-interval", "0.5", unix=True, name="second")
-
-
-@pytest.mark.parametrize("scheme", ["ipv4", "unix"])
-def test_round_robin_over_two_servers(
-    go_client: Path, server: Server, second_server: Server, scheme: str
-) -> None:
-    """A target listing both servers spreads the calls over both (round_robin), from one channel."""
-    if scheme == "ipv4":
-        target = f"ipv4:{server.target},{second_server.target}"
-    else:
-        target = f"unix:{server.socket_path},{second_server.socket_path}"
-    before = (_served(server), _served(second_server))
-    images = [str(IMAGES / "zidane.jpg")] * 10
-    result = run_go(go_client, "detect", *images, "--server", target, "--json")
-    assert result.returncode == 0, result
-    assert all(len(r["faces"]) == 2 for r in records(result.stdout))
-
-    def counts() -> tuple[int, int]:
-        return _served(server) - before[0], _served(second_server) - before[1]
-
-    wait_for(lambda: sum(counts()) == len(images), 15, "both servers' summaries of the 10 calls")
-    assert min(counts()) >= 3, counts()  # round_robin, not all on the first address
-
-
-def test_a_dead_address_in_the_list_fails_no_call(go_client: Path, server: Server) -> None:
-    """round_robin skips an address nothing listens on: every call reaches the live server. A
-    dns:/// name is balanced too (localhost: 127.0.0.1 serves, ::1 does not)."""
-    images = [str(IMAGES / "bus.jpg")] * 6
-    for target in (f"ipv4:127.0.0.1:{free_port()},{server.target}", f"dns:///localhost:{server.port}"):
-        result = run_go(go_client, "detect", *images, "--server", target, "--json")
-        assert result.returncode == 0, (target, result)
-        assert [len(r["faces"]) for r in records(result.stdout)] == [2] * len(images)
-
-
-def test_a_server_killed_mid_run_fails_no_call(
-    go_client: Path, start_server: ServerFactory, tmp_path: Path
-) -> None:
-    """Two servers, one SIGKILLed while detect runs through them: the retry policy (UNAVAILABLE)
-    and wait_for_ready move its calls to the survivor, and every image is answered."""
-    first = start_server("--log-level", "warning", unix=False, name="first")
-    second = start_server("--log-level", "warning", unix=False, name="second")
-    images = [str(IMAGES / "bus.jpg")] * 40
-    target = f"ipv4:{first.target},{second.target}"
-    stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("w") as stderr_file:
-        proc = subprocess.Popen(
-            [str(go_client), "detect", *images, "--server", target, "--json"],
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-            env=clean_env(),
-        )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: len(lines) >= 5 or proc.poll() is not None, 60, "the first answers")
-        assert first.proc is not None
-        first.proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=180)
-    finally:
-        proc.kill()
-        proc.wait(10)
-    reader.join(10)
-    stderr = stderr_path.read_text()
-    assert proc.returncode == 0, stderr
-    got = records("".join(lines))
-    assert len(got) == len(images) and all(len(r["faces"]) == 2 for r in got), stderr

@@ -40,7 +40,7 @@ clients-go: clients-go-deps
 	cd $(CLIENTS_GO_LINK) && $(CLIENTS_GO_ENV) go build -trimpath -o $(CURDIR)/$(CLIENTS_GO_BIN) ./cmd/facedet-go
 
 # go vet and the Go unit tests (target forms, retries on UNAVAILABLE); tests/test_client_go.py
-# runs this and the binary against real servers.
+# runs this, tests/test_example_clients.py the binary against real servers.
 clients-go-test: clients-go-deps
 	$(CLIENTS_GO_LINK_IT)
 	cd $(CLIENTS_GO_LINK) && test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: the files above need formatting"; exit 1; }
