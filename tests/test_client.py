@@ -460,6 +460,35 @@ def test_a_silent_listener_gives_one_clear_timeout() -> None:
         asyncio.run(main())
 
 
+def test_wait_for_ready_waits_out_a_refused_connection_and_serves_as_usual(server: tuple[str, str]) -> None:
+    """wait_for_ready=True: with nothing listening, a call waits (here the 0.5 s connect
+    timeout) instead of failing at once; against a server every kind of call is answered.
+    tests/test_restart.py shows it riding out a restart."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    with FaceDetectorClient(nowhere, connect_timeout=0.5, wait_for_ready=True) as c:
+        started = time.monotonic()
+        with pytest.raises(NoAnswerError, match=r"within 0\.5 s") as waited:
+            c.detect(ZIDANE)
+        assert waited.value.code == "UNAVAILABLE" and time.monotonic() - started >= 0.4
+    with FaceDetectorClient(server[0], timeout=30, wait_for_ready=True) as c:
+        assert c.health() == "SERVING" and c.model_info().name
+        faces = len(c.detect(ZIDANE).faces)
+        assert faces > 0 and [len(d.faces) for d in c.stream([ZIDANE] * 3)] == [faces] * 3
+
+    async def main() -> None:
+        async with AsyncFaceDetectorClient(nowhere, connect_timeout=0.5, wait_for_ready=True) as c:
+            started = time.monotonic()
+            with pytest.raises(NoAnswerError, match=r"within 0\.5 s"):
+                await c.detect(ZIDANE)
+            assert time.monotonic() - started >= 0.4
+        async with AsyncFaceDetectorClient(server[0], timeout=30, wait_for_ready=True) as c:
+            assert await c.health() == "SERVING" and (await c.model_info()).name
+            assert len((await c.detect(ZIDANE)).faces) == faces
+            assert [len(d.faces) async for d in c.stream([ZIDANE] * 3)] == [faces] * 3
+
+    asyncio.run(main())
+
+
 def test_a_refused_connection_still_fails_at_once() -> None:
     with FaceDetectorClient(f"127.0.0.1:{free_port()}") as c:
         started = time.monotonic()

@@ -20,19 +20,20 @@ from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 from facedet_test_support import CHANNEL_OPTIONS, EXPECTED_FACES, ServerFactory, image_bytes, wait_for
 
-# What a client that must ride out a restart sets (docs/reliability.md, Faults): gRPC's own
-# client-side health checking keeps calls off a server until it reports SERVING (the port
-# opens before the model is loaded), waitForReady queues calls while no server is up instead
-# of failing them, and the retry policy re-sends a call that was in flight on a server that
-# died (DetectFaces is idempotent). round_robin because gRPC's pick_first does no health checks.
+# What a client that must ride out a restart adds to `wait_for_ready=True` (docs/reliability.md,
+# Faults). wait_for_ready alone queues calls while no server listens, but two windows remain
+# (each made this test fail without it): the calls in flight on the server that died fail with
+# UNAVAILABLE (the retry policy re-sends them: DetectFaces is idempotent), and the new server
+# opens its port before its model is loaded and answers UNAVAILABLE "still loading" until then,
+# so gRPC's client-side health checking keeps calls off it until it reports SERVING (round_robin
+# because pick_first does no health checks).
 RIDE_OUT_RESTARTS = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
         "healthCheckConfig": {"serviceName": "facedet.v1.FaceDetector"},
         "methodConfig": [
             {
-                "name": [{"service": "facedet.v1.FaceDetector"}, {"service": "grpc.health.v1.Health"}],
-                "waitForReady": True,
+                "name": [{"service": "facedet.v1.FaceDetector"}],
                 "retryPolicy": {
                     "maxAttempts": 5,
                     "initialBackoff": "0.1s",
@@ -151,9 +152,9 @@ def test_sigterm_exits_within_the_grace_period_when_the_queue_would_take_longer(
 def test_sigkill_and_a_restart_on_the_same_port_is_invisible_to_waiting_clients(
     start_server: ServerFactory,
 ) -> None:
-    """Two Python clients (facedet.client) with RIDE_OUT_RESTARTS call back to back; the server
-    is killed with SIGKILL and a new one started on the same port, which loads its model while
-    its port is open. No call fails, and calls are answered by the new server."""
+    """Two Python clients (facedet.client) with wait_for_ready and RIDE_OUT_RESTARTS call back to
+    back; the server is killed with SIGKILL and a new one started on the same port, which loads
+    its model while its port is open. No call fails, and calls are answered by the new server."""
     first = start_server(unix=False, name="first")
     errors: list[str] = []
     answered: list[tuple[float, int]] = []  # (when, faces)
@@ -162,7 +163,9 @@ def test_sigkill_and_a_restart_on_the_same_port_is_invisible_to_waiting_clients(
 
     def client() -> None:
         options = [("grpc.service_config", RIDE_OUT_RESTARTS)]
-        with FaceDetectorClient(first.target, timeout=60, connect_timeout=None, channel_options=options) as c:
+        with FaceDetectorClient(
+            first.target, timeout=60, connect_timeout=None, wait_for_ready=True, channel_options=options
+        ) as c:
             while not stop.is_set():
                 try:
                     detection = c.detect(image_bytes("zidane.jpg"))

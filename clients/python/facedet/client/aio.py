@@ -44,7 +44,7 @@ async def _answers(address: str, seconds: float) -> bool:
 class AsyncFaceDetectorClient(ClientDefaults):
     """Same API as FaceDetectorClient, async. Create it inside the event loop that uses it
     (grpc.aio binds a channel to the running loop), ideally as `async with`.
-    `discover_front_ends` as in FaceDetectorClient."""
+    `discover_front_ends` and `wait_for_ready` as in FaceDetectorClient."""
 
     def __init__(
         self,
@@ -60,6 +60,7 @@ class AsyncFaceDetectorClient(ClientDefaults):
         private_key: bytes | None = None,
         token: str | None = None,
         discover_front_ends: bool = True,
+        wait_for_ready: bool = False,
     ) -> None:
         # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
         # certificate_chain + private_key this client's certificate for mutual TLS.
@@ -71,6 +72,7 @@ class AsyncFaceDetectorClient(ClientDefaults):
             options=options,
             pixel_format=pixel_format,
             discover_front_ends=discover_front_ends and not security.uses_tls,
+            wait_for_ready=wait_for_ready,
         )
         self._security = security
         self._extra_options = channel_options
@@ -105,7 +107,7 @@ class AsyncFaceDetectorClient(ClientDefaults):
         await self._probe(self.timeout)
         try:
             response: pb.DetectFacesResponse = await self._stub.DetectFaces(
-                request, timeout=remaining(self.timeout, started)
+                request, timeout=remaining(self.timeout, started), wait_for_ready=self._wait
             )
         except grpc.RpcError as exc:
             raise self._call_error(exc, self.timeout) from None
@@ -138,7 +140,9 @@ class AsyncFaceDetectorClient(ClientDefaults):
 
         started = time.monotonic()
         await self._probe(timeout)
-        call = self._stub.StreamDetectFaces(requests(), timeout=remaining(timeout, started))
+        call = self._stub.StreamDetectFaces(
+            requests(), timeout=remaining(timeout, started), wait_for_ready=self._wait
+        )
         received = 0
         try:
             async for response in call:
@@ -156,7 +160,7 @@ class AsyncFaceDetectorClient(ClientDefaults):
         await self._probe(self.timeout)
         try:
             info = await self._stub.GetModelInfo(
-                pb.GetModelInfoRequest(), timeout=remaining(self.timeout, started)
+                pb.GetModelInfoRequest(), timeout=remaining(self.timeout, started), wait_for_ready=self._wait
             )
         except grpc.RpcError as exc:
             raise self._call_error(exc, self.timeout) from None
@@ -167,7 +171,9 @@ class AsyncFaceDetectorClient(ClientDefaults):
         budget = self._probe_budget(timeout)  # this call is its own probe
         try:
             data: bytes = await self._health(
-                encode_health_request(service), timeout=budget.seconds if budget else timeout
+                encode_health_request(service),
+                timeout=budget.seconds if budget else timeout,
+                wait_for_ready=self._wait,
             )
         except grpc.RpcError as exc:
             if budget is not None:
@@ -181,7 +187,9 @@ class AsyncFaceDetectorClient(ClientDefaults):
         budget = self._probe_budget(call_timeout)
         if budget is not None:
             try:
-                await self._health(encode_health_request(""), timeout=budget.seconds)
+                await self._health(
+                    encode_health_request(""), timeout=budget.seconds, wait_for_ready=self._wait
+                )
             except grpc.RpcError as exc:
                 self._probe_failed(exc, budget)
             self._answered = True
@@ -195,7 +203,9 @@ class AsyncFaceDetectorClient(ClientDefaults):
                 return
             info, error = None, None
             try:
-                info = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=seconds)
+                info = await self._stub.GetModelInfo(
+                    pb.GetModelInfoRequest(), timeout=seconds, wait_for_ready=self._wait
+                )
             except grpc.RpcError as exc:
                 error = exc
             candidates = self._discovered(info, error)

@@ -27,6 +27,7 @@ class ClientDefaults:
         options: DetectionOptions | None,
         pixel_format: PixelFormat,
         discover_front_ends: bool = False,
+        wait_for_ready: bool = False,
     ) -> None:
         self.target = with_default_port(target)
         # The front ends found through GetModelInfo (see discovery.py) that calls now spread
@@ -39,6 +40,10 @@ class ClientDefaults:
         self.pixel_format: PixelFormat = pixel_format
         # Whether a server has answered since the last call that found none (see connect.py).
         self._answered = False
+        # gRPC's per-call flag: True queues a call while no server is reachable (until its
+        # timeout) instead of failing it at once. None, not False, otherwise: an explicit False
+        # would override the waitForReady a balanced target's service config sets.
+        self._wait: bool | None = True if wait_for_ready else None
 
     def _options(self, options: DetectionOptions | None) -> pb.DetectionOptions | None:
         chosen = options if options is not None else self.options

@@ -55,6 +55,14 @@ class FaceDetectorClient(ClientDefaults):
     several front-end processes, the first call asks GetModelInfo for their own addresses and,
     where at least two answer, later calls spread over them (round_robin; `front_ends` lists
     them), else stay on `target`. Off with TLS, whose certificate names the host dialed.
+
+    `wait_for_ready` (off by default): every call, the health probes before calls included,
+    waits for a server to be reachable (bounded by its timeout and, for the probe,
+    `connect_timeout`) instead of failing at once with UNAVAILABLE when none listens, so a
+    client rides out a server restarting on the same address. It does not re-send a call that
+    was in flight on a server that died, nor wait out a server still loading its model (that
+    answers UNAVAILABLE): see the client README. Balanced targets (several front ends, dns:)
+    wait for ready anyway, through their service config.
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class FaceDetectorClient(ClientDefaults):
         private_key: bytes | None = None,
         token: str | None = None,
         discover_front_ends: bool = True,
+        wait_for_ready: bool = False,
     ) -> None:
         # TLS and the token (see ChannelSecurity): root_certificates is the server's CA,
         # certificate_chain + private_key this client's certificate for mutual TLS.
@@ -82,6 +91,7 @@ class FaceDetectorClient(ClientDefaults):
             options=options,
             pixel_format=pixel_format,
             discover_front_ends=discover_front_ends and not security.uses_tls,
+            wait_for_ready=wait_for_ready,
         )
         self._security = security
         self._extra_options = channel_options
@@ -127,7 +137,7 @@ class FaceDetectorClient(ClientDefaults):
         self._probe(self.timeout)
         try:
             response: pb.DetectFacesResponse = self._stub.DetectFaces(
-                request, timeout=remaining(self.timeout, started)
+                request, timeout=remaining(self.timeout, started), wait_for_ready=self._wait
             )
         except grpc.RpcError as exc:
             raise self._call_error(exc, self.timeout) from None
@@ -163,7 +173,9 @@ class FaceDetectorClient(ClientDefaults):
 
         started = time.monotonic()
         self._probe(timeout)
-        call = self._stub.StreamDetectFaces(requests(), timeout=remaining(timeout, started))
+        call = self._stub.StreamDetectFaces(
+            requests(), timeout=remaining(timeout, started), wait_for_ready=self._wait
+        )
         received = 0
         try:
             for response in call:
@@ -180,7 +192,9 @@ class FaceDetectorClient(ClientDefaults):
         started = time.monotonic()
         self._probe(self.timeout)
         try:
-            info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=remaining(self.timeout, started))
+            info = self._stub.GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=remaining(self.timeout, started), wait_for_ready=self._wait
+            )
         except grpc.RpcError as exc:
             raise self._call_error(exc, self.timeout) from None
         return ModelInfo.from_proto(info)
@@ -191,7 +205,9 @@ class FaceDetectorClient(ClientDefaults):
         budget = self._probe_budget(timeout)  # this call is its own probe
         try:
             data: bytes = self._health(
-                encode_health_request(service), timeout=budget.seconds if budget else timeout
+                encode_health_request(service),
+                timeout=budget.seconds if budget else timeout,
+                wait_for_ready=self._wait,
             )
         except grpc.RpcError as exc:
             if budget is not None:
@@ -206,7 +222,7 @@ class FaceDetectorClient(ClientDefaults):
         budget = self._probe_budget(call_timeout)
         if budget is not None:
             try:
-                self._health(encode_health_request(""), timeout=budget.seconds)
+                self._health(encode_health_request(""), timeout=budget.seconds, wait_for_ready=self._wait)
             except grpc.RpcError as exc:
                 self._probe_failed(exc, budget)
             self._answered = True
@@ -219,7 +235,9 @@ class FaceDetectorClient(ClientDefaults):
                 return
             info, error = None, None
             try:
-                info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=seconds)
+                info = self._stub.GetModelInfo(
+                    pb.GetModelInfoRequest(), timeout=seconds, wait_for_ready=self._wait
+                )
             except grpc.RpcError as exc:
                 error = exc
             found = [a for a in self._discovered(info, error) if _answers(a, min(seconds, 2.0))]
