@@ -35,7 +35,8 @@ def test_soak_smoke(tmp_path: Path) -> None:
     bad = report["bad_by_status"]
     assert isinstance(bad, dict) and set(bad) == {"INVALID_ARGUMENT"}, bad
     assert report["faces_per_image"] == EXPECTED_FACES["zidane.jpg"]
-    assert report["p99_ms_first_window"] is not None and report["p99_ms_last_window"] is not None
+    # A 5 s run has 1.25 s windows: the first may close before a call ends; the last cannot.
+    assert "p99_ms_first_window" in report and report["p99_ms_last_window"] is not None
     assert isinstance(report["rss_mib_end"], float) and report["rss_mib_end"] > 50
     assert report["rss_checked"] is False  # 5 s is all warm-up
     assert report["server_exit"] == 0

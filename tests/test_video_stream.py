@@ -168,12 +168,16 @@ def test_drawn_output_of_the_real_clip(
     assert (edge[:, 1] - edge[:, [0, 2]].max(axis=1)).mean() > 100
 
 
+# At most 5 batches a second: the batcher waits 200 ms for a batch to fill, whatever the machine
+# (a slow model alone is only slow on a slow or busy machine).
+SLOW_SERVER = ("--max-delay-ms", "200", "--batch-workers", "1")
+
 def test_live_mode_against_a_slow_server_drops_frames_and_keeps_real_time(
     start_server: ServerFactory, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A server several times slower than the clip's 25 frames/s: a 3200-pixel network input
-    # (25x the work of the default 640) on one thread.
-    slow = start_server("--input-size", "3200", "--batch-workers", "1", "--intra-op-threads", "1")
+    # A server several times slower than the clip's 25 frames/s on any machine: each batch waits
+    # 200 ms to fill, and a live stream sends one frame at a time, so no batch ever fills.
+    slow = start_server(*SLOW_SERVER)
     out = tmp_path / "live.mp4"
     started = time.monotonic()
     status, lines, err = stream_json(
@@ -199,7 +203,7 @@ def test_live_mode_counts_the_frames_the_server_drops(
 ) -> None:
     # A wide window hands the slow server several frames at once: its own live mode
     # (options.live) runs the newest and answers the older ones as dropped.
-    slow = start_server("--input-size", "3200", "--batch-workers", "1", "--intra-op-threads", "1")
+    slow = start_server(*SLOW_SERVER)
     status, lines, err = stream_json(
         capsys, str(clip), "--server", slow.unix_target, "--mode", "live", "--window", "6"
     )

@@ -65,6 +65,10 @@ def _host_with_port(host: str) -> str:
 BALANCED_SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
+        # Client-side health checking: round_robin uses only the servers whose health service
+        # says SERVING, so a replica that is starting (its port opens before its model is
+        # loaded) or draining gets no calls until it is ready.
+        "healthCheckConfig": {"serviceName": SERVICE},
         "methodConfig": [
             {
                 "name": [{"service": SERVICE}],
