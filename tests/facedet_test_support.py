@@ -277,6 +277,14 @@ def detect_request(data: bytes, frame_id: int = 0, **options: Any) -> pb.DetectF
     )
 
 
+def arm_faults(control: Path, text: str) -> None:
+    """Write a FACEDET_FAULT_INJECTION control file whole (runtime/faults.py: the server must
+    never read half of it)."""
+    partial = control.with_name(f"{control.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, control)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,7 +5,6 @@ has rebuilt the runtime (serving/runtime_health.py), and nothing else in flight 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,12 +14,14 @@ import grpc
 import pytest
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
+from facedet_server.runtime.faults import parse_control
 from facedet_test_support import (
     CHANNEL_OPTIONS,
     EXPECTED_FACES,
     MODEL,
     Server,
     ServerFactory,
+    arm_faults,
     image_bytes,
     run_cli,
     wait_for,
@@ -30,13 +31,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ZIDANE_FACES = EXPECTED_FACES["zidane.jpg"]
-
-
-def arm(control: Path, text: str) -> None:
-    """Write the control file whole (the server must never read half of it)."""
-    partial = control.with_name("partial")
-    partial.write_text(text)
-    os.replace(partial, control)
 
 
 def faulty_server(start_server: ServerFactory, tmp_path: Path, *flags: str) -> tuple[Server, Path]:
@@ -101,6 +95,41 @@ def test_fault_injection_refuses_a_switch_that_is_not_a_control_file_path() -> N
     assert "FACEDET_FAULT_INJECTION='1'" in result.stderr and "absolute path" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("3", (3, "exception", 0.0)),
+        ("1 cuda", (1, "cuda", 0.0)),
+        (" 100 slow 150\n", (100, "slow", 150.0)),
+        ("2 slow 0.5", (2, "slow", 0.5)),
+    ],
+)
+def test_control_file_grammar(text: str, parsed: tuple[int, str, float]) -> None:
+    assert parse_control(text) == parsed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "x",
+        "-1",
+        "1 oops",
+        "1 cuda 5",
+        "1 slow",
+        "1 slow 0",
+        "1 slow -5",
+        "1 slow nan",
+        "1 slow inf",
+        "1 slow 600000",
+        "1 slow 5 6",
+    ],
+)
+def test_control_file_refuses_what_is_not_the_grammar(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_control(text)
+
+
 def test_a_normal_server_has_no_fault_injection(server: Server) -> None:
     events = {r.get("event") for r in server.log_records()}
     assert "model_loaded" in events and "fault_injection_enabled" not in events, events
@@ -143,7 +172,7 @@ def test_one_failed_model_run_fails_only_its_call(start_server: ServerFactory, t
         for t in threads:
             t.start()
         wait_for(lambda: len(unary) >= 3 and len(frames) >= 3, 30, "load to be flowing")
-        arm(control, "1 cuda")
+        arm_faults(control, "1 cuda")
         wait_for(lambda: not control.exists(), 10, "the server to take the control file")
         time.sleep(1.0)  # more calls after the fault
         stop.set()
@@ -186,7 +215,7 @@ def test_failures_in_a_row_make_the_runtime_unusable_until_it_is_rebuilt(
         wait_for(lambda: health.statuses == [SERVING], 10, "health to report SERVING")
         assert detect(stub, data) == (grpc.StatusCode.OK, "", ZIDANE_FACES)
 
-        arm(control, "5 exception")
+        arm_faults(control, "5 exception")
         first = [detect(stub, data) for _ in range(3)]
         for code, message, _ in first:
             assert code == grpc.StatusCode.INTERNAL, first
@@ -241,7 +270,7 @@ def test_a_fault_in_the_engine_process_fails_only_its_batch(
     for t in threads:
         t.start()
     wait_for(lambda: len(answers) >= 4, 30, "load to be flowing")
-    arm(control, "1 cuda")
+    arm_faults(control, "1 cuda")
     wait_for(lambda: not control.exists(), 10, "the engine to take the control file")
     time.sleep(1.0)  # more calls after the fault
     stop.set()

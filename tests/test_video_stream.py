@@ -25,6 +25,7 @@ from facedet_test_support import (
     SHARED,
     Server,
     ServerFactory,
+    arm_faults,
     clean_env,
     facedet_command,
     free_port,
@@ -168,16 +169,21 @@ def test_drawn_output_of_the_real_clip(
     assert (edge[:, 1] - edge[:, [0, 2]].max(axis=1)).mean() > 100
 
 
-# At most 5 batches a second: the batcher waits 200 ms for a batch to fill, whatever the machine
-# (a slow model alone is only slow on a slow or busy machine).
-SLOW_SERVER = ("--max-delay-ms", "200", "--batch-workers", "1")
+def slow_server(start_server: ServerFactory, tmp_path: Path) -> Server:
+    """A server several times slower than the clip's 25 frames/s on any machine: every model run
+    takes 150 ms longer (the test-only fault switch, runtime/faults.py), one run at a time. A slow
+    model alone is slow only on a slow or busy machine, and a batch delay only applies while
+    the workers are busy."""
+    control = tmp_path / "faults"
+    server = start_server("--batch-workers", "1", env={"FACEDET_FAULT_INJECTION": str(control)})
+    arm_faults(control, "100000 slow 150")
+    return server
+
 
 def test_live_mode_against_a_slow_server_drops_frames_and_keeps_real_time(
     start_server: ServerFactory, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A server several times slower than the clip's 25 frames/s on any machine: each batch waits
-    # 200 ms to fill, and a live stream sends one frame at a time, so no batch ever fills.
-    slow = start_server(*SLOW_SERVER)
+    slow = slow_server(start_server, tmp_path)
     out = tmp_path / "live.mp4"
     started = time.monotonic()
     status, lines, err = stream_json(
@@ -198,18 +204,12 @@ def test_live_mode_against_a_slow_server_drops_frames_and_keeps_real_time(
     assert len(decoded(out)) == CLIP_FRAMES  # the output still has every frame
 
 
-@pytest.mark.xfail(
-    reason="needs a server slower than the clip's 25 frames/s; on a quiet machine the model keeps up "
-    "and the server drops nothing (the batch delay only applies while the workers are busy). "
-    "The server's live mode itself is tested in tests/test_streams.py",
-    strict=False,
-)
 def test_live_mode_counts_the_frames_the_server_drops(
-    start_server: ServerFactory, clip: Path, capsys: pytest.CaptureFixture[str]
+    start_server: ServerFactory, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A wide window hands the slow server several frames at once: its own live mode
     # (options.live) runs the newest and answers the older ones as dropped.
-    slow = start_server(*SLOW_SERVER)
+    slow = slow_server(start_server, tmp_path)
     status, lines, err = stream_json(
         capsys, str(clip), "--server", slow.unix_target, "--mode", "live", "--window", "6"
     )

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from facedet_test_support import cuda_torch, gpu_mib, image_bytes, wait_for
+from facedet_test_support import arm_faults, cuda_torch, gpu_mib, image_bytes, wait_for
 
 cuda_torch("the torch-CUDA backend needs PyTorch")
 
 from facedet.v1 import face_detector_pb2 as pb  # noqa: E402
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc  # noqa: E402
 from facedet_test_support import CHANNEL_OPTIONS, ServerFactory  # noqa: E402
-from test_faults import NOT_SERVING, SERVING, ZIDANE_FACES, HealthFollower, arm, detect  # noqa: E402
+from test_faults import NOT_SERVING, SERVING, ZIDANE_FACES, HealthFollower, detect  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -43,12 +43,12 @@ def test_cuda_faults_on_the_gpu_path_fail_their_calls_and_the_runtime_is_rebuilt
             assert detect(stub, data) == (grpc.StatusCode.OK, "", ZIDANE_FACES)
         gpu_before = gpu_mib(server.proc.pid)
 
-        arm(control, "1 cuda")
+        arm_faults(control, "1 cuda")
         code, message, _ = detect(stub, data)
         assert code == grpc.StatusCode.INTERNAL and "CUDA error" in message, (code, message)
         assert detect(stub, data) == (grpc.StatusCode.OK, "", ZIDANE_FACES)
 
-        arm(control, "3 cuda")
+        arm_faults(control, "3 cuda")
         for _ in range(3):
             assert detect(stub, data)[0] == grpc.StatusCode.INTERNAL
         wait_for(lambda: NOT_SERVING in health.statuses, 10, "health to report NOT_SERVING")

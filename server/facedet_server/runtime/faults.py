@@ -10,7 +10,9 @@ server logs `fault_injection_enabled` at startup and `fault_injected` for every 
 While armed, each model run (`Backend.run`, `DeviceBackend.forward`) first looks for the control
 file. The file holds one line, `COUNT [KIND]`: the next COUNT runs of this process raise KIND,
 `exception` (a plain RuntimeError, the default) or `cuda` (a RuntimeError worded as PyTorch
-words a CUDA fault). The file is consumed when read (renamed away, then removed), so writing it
+words a CUDA fault); or `COUNT slow MS`: the next COUNT runs each take MS milliseconds longer and
+then succeed, a server slower than any load on any machine (a slow model alone is slow only on a
+slow or busy machine). The file is consumed when read (renamed away, then removed), so writing it
 again adds more faults. It is obeyed only when owned by the server's user and writable by no one
 else, so another account on the host cannot inject faults into a test server either.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +39,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("facedet.faults")
 
 ENV = "FACEDET_FAULT_INJECTION"
-KINDS = ("exception", "cuda")
+KINDS = ("exception", "cuda", "slow")
+GRAMMAR = "COUNT [exception|cuda] or COUNT slow MS"
+MAX_SLOW_MS = 60_000.0  # a typo of a few zeros must not hang a test server for hours
 _MESSAGES = {
     "exception": "injected fault ({env}): model run failed",
     # How PyTorch reports an asynchronous kernel fault; the text callers see is what matters.
@@ -51,7 +56,8 @@ class FaultControl:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._pending: list[str] = []  # kinds of the faults still to raise, in order
+        # The faults still to come, in order: (kind, milliseconds; 0 unless kind is "slow").
+        self._pending: list[tuple[str, float]] = []
 
     def _take_file(self) -> None:
         """Move what the control file arms into `_pending` (called under the lock)."""
@@ -70,21 +76,15 @@ class FaultControl:
                 "fault_control_ignored", path=str(self.path), reason="not owned by us or writable by others"
             )
             return
-        words = text.split()
         try:
-            count = int(words[0])
-            kind = words[1] if len(words) > 1 else "exception"
-            if count < 0 or kind not in KINDS or len(words) > 2:
-                raise ValueError(text)
-        except (IndexError, ValueError):
+            count, kind, ms = parse_control(text)
+        except ValueError:
             log.warning(
-                "fault_control_ignored",
-                path=str(self.path),
-                reason=f"expected 'COUNT [{'|'.join(KINDS)}]', got {text!r}",
+                "fault_control_ignored", path=str(self.path), reason=f"expected {GRAMMAR!r}, got {text!r}"
             )
             return
-        self._pending.extend([kind] * count)
-        log.warning("fault_armed", count=count, kind=kind, pending=len(self._pending))
+        self._pending.extend([(kind, ms)] * count)
+        log.warning("fault_armed", count=count, kind=kind, ms=ms, pending=len(self._pending))
 
     def check(self, what: str) -> None:
         """Raise the next armed fault, if any; `what` names the run for the log."""
@@ -92,10 +92,34 @@ class FaultControl:
             self._take_file()
             if not self._pending:
                 return
-            kind = self._pending.pop(0)
+            kind, ms = self._pending.pop(0)
             left = len(self._pending)
         log.warning("fault_injected", kind=kind, run=what, pending=left)
+        if kind == "slow":
+            time.sleep(ms / 1000)  # outside the lock: other workers' runs are slowed, not serialised
+            return
         raise RuntimeError(_MESSAGES[kind].format(env=ENV))
+
+
+def parse_control(text: str) -> tuple[int, str, float]:
+    """(count, kind, milliseconds) from a control file's text; ValueError if it is not GRAMMAR."""
+    words = text.split()
+    if not words:
+        raise ValueError(text)
+    count = int(words[0])
+    kind = words[1] if len(words) > 1 else "exception"
+    if count < 0 or kind not in KINDS:
+        raise ValueError(text)
+    if kind != "slow":
+        if len(words) > 2:
+            raise ValueError(text)
+        return count, kind, 0.0
+    if len(words) != 3:
+        raise ValueError(text)
+    ms = float(words[2])
+    if not 0 < ms <= MAX_SLOW_MS:  # also refuses nan and inf
+        raise ValueError(text)
+    return count, kind, ms
 
 
 def fault_control(environ: Mapping[str, str]) -> FaultControl | None:
