@@ -29,6 +29,7 @@ from facedet_test_support import (
     REPO,
     Server,
     ServerFactory,
+    arm_faults,
     free_port,
     image_bytes,
     shell_commands,
@@ -268,11 +269,56 @@ def test_a_full_queue_gets_503_and_the_others_are_answered(start_server: ServerF
     assert_still_serves(url)
 
 
+@pytest.mark.timeout(120)
+def test_a_request_timeout_passed_is_504_and_the_server_goes_on(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """X-Request-Timeout (and Envoy's header) give an HTTP request a deadline: against a server
+    whose every model run takes 1.5 s longer (the test-only fault switch), a request that waits
+    0.5 s gets 504 at its timeout, not the answer 1.5 s later, and one that waits 30 s is answered."""
+    control = tmp_path / "faults"
+    server, url = http_server(start_server, env={"FACEDET_FAULT_INJECTION": str(control)})
+    arm_faults(control, "1000 slow 1500")
+    data = image_bytes("zidane.jpg")
+    for headers in ({"X-Request-Timeout": "0.5"}, {"x-envoy-expected-rq-timeout-ms": "500"}):
+        started = time.monotonic()
+        status, error = request("PUT", f"{url}/predictions/fd1", data, headers)
+        waited = time.monotonic() - started
+        assert status == 504 and error["code"] == 504, (headers, status, error)
+        assert error["type"] == "DeadlineExceeded" and "0.5 s" in error["message"], error
+        assert 0.45 < waited < 1.4, (headers, waited)
+    status, faces = request("PUT", f"{url}/predictions/fd1", data, {"X-Request-Timeout": "30"})
+    assert status == 200 and len(faces) == EXPECTED_FACES["zidane.jpg"], (status, faces)
+    timed_out = [
+        r for r in server.log_records() if r.get("event") == "request_failed" and r.get("status") == 504
+    ]
+    assert len(timed_out) == 2, timed_out
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Request-Timeout": "soon"},
+        {"X-Request-Timeout": "0"},
+        {"X-Request-Timeout": "-1"},
+        {"X-Request-Timeout": "nan"},
+        {"x-envoy-expected-rq-timeout-ms": "inf"},
+        {"x-envoy-expected-rq-timeout-ms": "5s"},
+    ],
+)
+def test_a_malformed_request_timeout_is_400_naming_the_header(
+    served: tuple[Server, str], headers: dict[str, str]
+) -> None:
+    _, url = served
+    status, error = request("PUT", f"{url}/predictions/fd1", image_bytes("zidane.jpg"), headers)
+    ((name, value),) = headers.items()
+    assert status == 400 and f"header {name}: {value!r}" in error["message"], (status, error)
+
+
 @pytest.mark.parametrize("code", list(Code))
 def test_every_service_error_has_an_http_status_and_a_json_body(code: Code) -> None:
     """A code missing from the table would turn its error into aiohttp's bare 500 (a KeyError in
-    the error path). DEADLINE_EXCEEDED cannot reach HTTP yet (the front end passes no deadline:
-    HTTP has no standard one), so its 504 is checked here on the table, not on a server."""
+    the error path); each code a server can reach is also checked on a server above."""
     error = DetectError("why")
     error.code = code
     status = http_status(error)

@@ -7,8 +7,10 @@ leaving the server's signal handlers alone."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -16,7 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from facedet_server.errors import Code, DetectError, Unavailable
+from facedet_server.errors import Code, DeadlineExceeded, DetectError, Unavailable
 from facedet_server.image.inputs import EncodedImage
 from facedet_server.serving.service import DetectionService
 from facedet_server.transport.http.demo_json import (
@@ -36,6 +38,11 @@ JSON = "application/json"
 METHOD = "HTTP /predictions"  # the calls' `method` in the server's metrics, beside gRPC's
 # The status a call has in the metrics unless it reaches another: the client went away.
 _GAVE_UP = "CANCELLED"
+# HTTP has no standard deadline. These two give a request one, as gRPC's grpc-timeout does: our
+# own in seconds, and the one Envoy sends upstream with the route's timeout, so a request behind
+# Envoy is dropped when Envoy stops waiting for it rather than computed for nobody.
+TIMEOUT_HEADER = "X-Request-Timeout"
+ENVOY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 
 
 class CallMetrics(Protocol):
@@ -60,6 +67,25 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"--http-listen {address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def request_timeout(headers: Mapping[str, str]) -> float | None:
+    """Seconds the client waits for this request (the smaller of the two headers), or None;
+    BadRequest says which header is malformed."""
+    found: list[float] = []
+    for name, scale in ((TIMEOUT_HEADER, 1.0), (ENVOY_TIMEOUT_HEADER, 1000.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds < math.inf:  # also refuses nan
+            unit = "seconds" if scale == 1.0 else "milliseconds"
+            raise BadRequest(f"header {name}: {value!r} is not a positive number of {unit}")
+        found.append(seconds)
+    return min(found, default=None)
 
 
 class HttpFrontEnd:
@@ -186,8 +212,17 @@ class HttpFrontEnd:
                     if self.draining
                     else "the model is still loading; wait for GET /ping to answer Healthy"
                 )
-            image = await self._read_image(request)
-            detection = await service.detect(image)
+            timeout = request_timeout(request.headers)
+            deadline = None if timeout is None else time.perf_counter() + timeout
+            try:
+                # The body's upload counts against the timeout too, as it does for a gRPC deadline.
+                async with asyncio.timeout(timeout):
+                    image = await self._read_image(request)
+                    detection = await service.detect(image, None, deadline)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request's timeout of {timeout:g} s passed before its answer was ready"
+                ) from None
         except DetectError as exc:
             return self._failure(request, exc)
         except Exception:
