@@ -379,13 +379,24 @@ def test_ping_is_unhealthy_and_predictions_503_while_the_model_loads(
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_drains_http_requests_in_flight(start_server: ServerFactory) -> None:
+def test_sigterm_drains_http_requests_in_flight(start_server: ServerFactory, tmp_path: Path) -> None:
+    control = tmp_path / "faults"
     server, url = http_server(
-        start_server, "--max-batch", "1", "--batch-workers", "1", "--grace-seconds", "30"
+        start_server,
+        "--max-batch",
+        "1",
+        "--batch-workers",
+        "1",
+        "--grace-seconds",
+        "30",
+        env={"FACEDET_FAULT_INJECTION": str(control)},
     )
     data = image_bytes("test.jpg")
     expected = request("PUT", f"{url}/predictions/fd1", data)
     assert expected[0] == 200 and expected[1]
+    # Each run 300 ms longer: the 12 requests take about 4 s on any machine, so some are in
+    # flight at the signal (a fast machine answered all 12 in the first 0.5 s).
+    arm_faults(control, "1000 slow 300")
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(request, "PUT", f"{url}/predictions/fd1", data) for _ in range(12)]
         time.sleep(0.5)  # let them reach the server

@@ -24,6 +24,7 @@ from facedet_test_support import (
     MODEL,
     Server,
     ServerFactory,
+    arm_faults,
     free_port,
     image_bytes,
     run_cli,
@@ -155,16 +156,27 @@ class StreamRun:
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_drains_in_flight_calls(start_server: ServerFactory) -> None:
-    # One image at a time on one worker, and enough of them, so that calls are still in flight
-    # when SIGTERM comes (the automatic CPU batching finishes a few of them within the wait).
-    server = start_server("--max-batch", "1", "--batch-workers", "1", "--grace-seconds", "30", unix=False)
+def test_sigterm_drains_in_flight_calls(start_server: ServerFactory, tmp_path: Path) -> None:
+    # One image at a time on one worker, each model run 100 ms longer (the test-only fault
+    # switch), so that calls are still in flight when SIGTERM comes on any machine.
+    control = tmp_path / "faults"
+    server = start_server(
+        "--max-batch",
+        "1",
+        "--batch-workers",
+        "1",
+        "--grace-seconds",
+        "30",
+        unix=False,
+        env={"FACEDET_FAULT_INJECTION": str(control)},
+    )
     big = image_bytes("test.jpg")
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.FaceDetectorStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         expected_big = len(stub.DetectFaces(pb.DetectFacesRequest(encoded=big), timeout=30).faces)
         assert expected_big > 0
+        arm_faults(control, "1000 slow 100")
 
         statuses: list[int] = []
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=90)

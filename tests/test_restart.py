@@ -12,13 +12,21 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import pytest
 from facedet.client import FaceDetectorClient, FaceDetectorError
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
-from facedet_test_support import CHANNEL_OPTIONS, EXPECTED_FACES, ServerFactory, image_bytes, wait_for
+from facedet_test_support import (
+    CHANNEL_OPTIONS,
+    EXPECTED_FACES,
+    ServerFactory,
+    arm_faults,
+    image_bytes,
+    wait_for,
+)
 
 # What a client that must ride out a restart adds to `wait_for_ready=True` (docs/reliability.md,
 # Faults). wait_for_ready alone queues calls while no server listens, but two windows remain
@@ -115,16 +123,28 @@ def test_sigterm_under_load_answers_every_call_and_exits_in_time(start_server: S
 
 @pytest.mark.timeout(120)
 def test_sigterm_exits_within_the_grace_period_when_the_queue_would_take_longer(
-    start_server: ServerFactory,
+    start_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """Forty large images queued on one image at a time (several seconds of work), then SIGTERM
-    with --grace-seconds 1: the process exits about a second later, not when the work is done;
-    the calls still waiting end with a status, none hangs."""
-    server = start_server("--max-batch", "1", "--batch-workers", "1", "--grace-seconds", "1", unix=False)
+    """Forty large images queued on one image at a time (several seconds of work: each model run
+    is 200 ms longer through the test-only fault switch, whatever the machine), then SIGTERM with
+    --grace-seconds 1: the process exits about a second later, not when the work is done; the
+    calls still waiting end with a status, none hangs."""
+    control = tmp_path / "faults"
+    server = start_server(
+        "--max-batch",
+        "1",
+        "--batch-workers",
+        "1",
+        "--grace-seconds",
+        "1",
+        unix=False,
+        env={"FACEDET_FAULT_INJECTION": str(control)},
+    )
     big = image_bytes("test.jpg")
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.FaceDetectorStub(channel)
         stub.DetectFaces(pb.DetectFacesRequest(encoded=big), timeout=30)
+        arm_faults(control, "1000 slow 200")
         started = time.monotonic()
         futures = [stub.DetectFaces.future(pb.DetectFacesRequest(encoded=big), timeout=60) for _ in range(40)]
         time.sleep(0.5)
