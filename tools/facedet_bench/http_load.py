@@ -344,7 +344,7 @@ def echo_server(framework: str, port: int) -> None:
     class AnswersAtOnce:
         """Stands in for DetectionService: what the framework hands it comes straight back."""
 
-        async def detect(self, image: Any, requested: Any = None) -> Detection:
+        async def detect(self, image: Any, requested: Any = None, deadline: float | None = None) -> Detection:
             return Detection(faces, 1280, 720, Timing())
 
         def record_rejection(self, error: Any) -> None:
