@@ -16,6 +16,8 @@ CLIENTS_GO_LINK := $(CLIENTS_GO_WORK)/gopath/src/$(CLIENTS_GO_MODULE)
 CLIENTS_GO_ENV := GO111MODULE=off GOPATH=$(CLIENTS_GO_WORK)/gopath:/usr/share/gocode GOPROXY=off \
 	GOFLAGS= CGO_ENABLED=0 GOCACHE=$(CLIENTS_GO_WORK)/cache
 CLIENTS_GO_BIN := build/clients/facedet-go
+# A load generator built from the same module (cmd/facedet-flood): facedet_bench.flood's.
+CLIENTS_GO_FLOOD := build/clients/facedet-flood
 
 .PHONY: clients-go clients-go-deps clients-go-test proto-go
 
@@ -38,6 +40,7 @@ clients-go: clients-go-deps
 	$(CLIENTS_GO_LINK_IT)
 	mkdir -p $(dir $(CLIENTS_GO_BIN))
 	cd $(CLIENTS_GO_LINK) && $(CLIENTS_GO_ENV) go build -trimpath -o $(CURDIR)/$(CLIENTS_GO_BIN) ./cmd/facedet-go
+	cd $(CLIENTS_GO_LINK) && $(CLIENTS_GO_ENV) go build -trimpath -o $(CURDIR)/$(CLIENTS_GO_FLOOD) ./cmd/facedet-flood
 
 # go vet and the Go unit tests (target forms, retries on UNAVAILABLE); tests/test_client_go.py
 # runs this, tests/test_example_clients.py the binary against real servers.

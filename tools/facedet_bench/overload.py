@@ -108,7 +108,7 @@ def rss_mib(pid: int, key: str) -> float | None:
 # The health prober (its own process)
 
 
-def _probe_health(target: str, interval: float, stop: Any, out: Any) -> None:
+def probe_health(target: str, interval: float, stop: Any, out: Any) -> None:
     latencies: list[float] = []
     failures = 0
     with grpc.insecure_channel(target) as channel:
@@ -196,7 +196,7 @@ async def _measure(target: str, request: bytes, args: argparse.Namespace, pid: i
         rate = capacity * args.factor
         ctx = multiprocessing.get_context("spawn")
         stop, results = ctx.Event(), ctx.Queue()
-        prober = ctx.Process(target=_probe_health, args=(target, args.health_interval, stop, results))
+        prober = ctx.Process(target=probe_health, args=(target, args.health_interval, stop, results))
         prober.start()
         if results.get(timeout=30) != "ready":
             raise RuntimeError("health prober did not start")
