@@ -285,6 +285,23 @@ def arm_faults(control: Path, text: str) -> None:
     os.replace(partial, control)
 
 
+def faulty_server(start_server: ServerFactory, tmp_path: Path, *flags: str) -> tuple[Server, Path]:
+    """A TCP server with the test-only fault switch armed by a control file in `tmp_path`, one
+    image per model run and one run at a time (so each injected fault fails exactly one call, and
+    a 'slow' fault slows every call alike): (server, control file for `arm_faults`)."""
+    control = tmp_path / "faults"
+    server = start_server(
+        "--max-batch",
+        "1",
+        "--batch-workers",
+        "1",
+        *flags,
+        unix=False,
+        env={"FACEDET_FAULT_INJECTION": str(control)},
+    )
+    return server, control
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

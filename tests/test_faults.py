@@ -22,6 +22,7 @@ from facedet_test_support import (
     Server,
     ServerFactory,
     arm_faults,
+    faulty_server,
     image_bytes,
     run_cli,
     wait_for,
@@ -31,21 +32,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ZIDANE_FACES = EXPECTED_FACES["zidane.jpg"]
-
-
-def faulty_server(start_server: ServerFactory, tmp_path: Path, *flags: str) -> tuple[Server, Path]:
-    control = tmp_path / "faults"
-    # One image per model run, one run at a time: each injected fault fails exactly one call.
-    server = start_server(
-        "--max-batch",
-        "1",
-        "--batch-workers",
-        "1",
-        *flags,
-        unix=False,
-        env={"FACEDET_FAULT_INJECTION": str(control)},
-    )
-    return server, control
 
 
 class HealthFollower:

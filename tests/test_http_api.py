@@ -30,6 +30,7 @@ from facedet_test_support import (
     Server,
     ServerFactory,
     arm_faults,
+    faulty_server,
     free_port,
     image_bytes,
     shell_commands,
@@ -380,17 +381,11 @@ def test_ping_is_unhealthy_and_predictions_503_while_the_model_loads(
 
 @pytest.mark.timeout(120)
 def test_sigterm_drains_http_requests_in_flight(start_server: ServerFactory, tmp_path: Path) -> None:
-    control = tmp_path / "faults"
-    server, url = http_server(
-        start_server,
-        "--max-batch",
-        "1",
-        "--batch-workers",
-        "1",
-        "--grace-seconds",
-        "30",
-        env={"FACEDET_FAULT_INJECTION": str(control)},
+    port = free_port()
+    server, control = faulty_server(
+        start_server, tmp_path, "--http-listen", f"127.0.0.1:{port}", "--grace-seconds", "30"
     )
+    url = f"http://127.0.0.1:{port}"
     data = image_bytes("test.jpg")
     expected = request("PUT", f"{url}/predictions/fd1", data)
     assert expected[0] == 200 and expected[1]

@@ -25,6 +25,7 @@ from facedet_test_support import (
     Server,
     ServerFactory,
     arm_faults,
+    faulty_server,
     free_port,
     image_bytes,
     run_cli,
@@ -159,17 +160,7 @@ class StreamRun:
 def test_sigterm_drains_in_flight_calls(start_server: ServerFactory, tmp_path: Path) -> None:
     # One image at a time on one worker, each model run 100 ms longer (the test-only fault
     # switch), so that calls are still in flight when SIGTERM comes on any machine.
-    control = tmp_path / "faults"
-    server = start_server(
-        "--max-batch",
-        "1",
-        "--batch-workers",
-        "1",
-        "--grace-seconds",
-        "30",
-        unix=False,
-        env={"FACEDET_FAULT_INJECTION": str(control)},
-    )
+    server, control = faulty_server(start_server, tmp_path, "--grace-seconds", "30")
     big = image_bytes("test.jpg")
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.FaceDetectorStub(channel)

@@ -24,6 +24,7 @@ from facedet_test_support import (
     EXPECTED_FACES,
     ServerFactory,
     arm_faults,
+    faulty_server,
     image_bytes,
     wait_for,
 )
@@ -129,17 +130,7 @@ def test_sigterm_exits_within_the_grace_period_when_the_queue_would_take_longer(
     is 200 ms longer through the test-only fault switch, whatever the machine), then SIGTERM with
     --grace-seconds 1: the process exits about a second later, not when the work is done; the
     calls still waiting end with a status, none hangs."""
-    control = tmp_path / "faults"
-    server = start_server(
-        "--max-batch",
-        "1",
-        "--batch-workers",
-        "1",
-        "--grace-seconds",
-        "1",
-        unix=False,
-        env={"FACEDET_FAULT_INJECTION": str(control)},
-    )
+    server, control = faulty_server(start_server, tmp_path, "--grace-seconds", "1")
     big = image_bytes("test.jpg")
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.FaceDetectorStub(channel)
