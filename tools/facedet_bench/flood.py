@@ -42,18 +42,6 @@ from facedet_bench.own_server import OwnServer, free_port, peak_rss_mib, reset_p
 
 REPO = Path(__file__).resolve().parents[2]
 FLOOD_BIN = Path(os.environ.get("FACEDET_FLOOD_BIN") or REPO / "build" / "clients" / "facedet-flood")
-# grpc-go's names of the codes (facedet-flood prints them) -> the names every other tool uses.
-_GO_CODES = {
-    "OK": "OK",
-    "Canceled": "CANCELLED",
-    "Unknown": "UNKNOWN",
-    "InvalidArgument": "INVALID_ARGUMENT",
-    "DeadlineExceeded": "DEADLINE_EXCEEDED",
-    "ResourceExhausted": "RESOURCE_EXHAUSTED",
-    "Unavailable": "UNAVAILABLE",
-    "Internal": "INTERNAL",
-    "NOT_SENT": "NOT_SENT",
-}
 
 
 @dataclass
@@ -153,7 +141,7 @@ def flood(
         started=measured["started"],
         offered_per_s=measured["started"] / measured["start_seconds"],
         seconds=measured["seconds"],
-        client_codes={_GO_CODES.get(code, code): n for code, n in sorted(measured["codes"].items())},
+        client_codes=dict(sorted(measured["codes"].items())),
         server_codes={code: n for code, n in sorted(server_codes.items()) if n},
         latency_ms_p50=measured["latency_ms_p50"],
         latency_ms_p99=measured["latency_ms_p99"],

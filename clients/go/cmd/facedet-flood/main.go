@@ -11,7 +11,7 @@
 // --deadline, at most --in-flight at once (a call that finds them all taken is counted as
 // "NOT_SENT": the offered rate was not held). It prints one JSON object: the calls started,
 // the seconds starting them took, the seconds until the last ended, and the count of each
-// status name.
+// status by its canonical name (RESOURCE_EXHAUSTED).
 package main
 
 import (
@@ -133,7 +133,7 @@ func flood(s settings, image []byte) (report, error) {
 		began := time.Now()
 		_, err := c.DetectFaces(ctx, request)
 		took := time.Since(began).Seconds() * 1000
-		code := status.Code(err).String()
+		code := facedet.CodeName(status.Code(err))
 		mu.Lock()
 		codes[code]++
 		if _, seen := messages[code]; err != nil && !seen {

@@ -74,7 +74,7 @@ func detectOne(s *settings, client *facedet.Client, image string, ready *bool) (
 	case codes.DeadlineExceeded:
 		*ready = false
 	}
-	return nil, &failure{codeName(status.Code(err)), naming(image, statusMessage(err))}, nil
+	return nil, &failure{facedet.CodeName(status.Code(err)), naming(image, statusMessage(err))}, nil
 }
 
 // readImage returns the file's bytes, or what is wrong with it in the Python client's words.

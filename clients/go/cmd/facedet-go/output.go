@@ -8,24 +8,8 @@ import (
 	"strings"
 
 	facedetv1 "github.com/facedet/facedet/clients/go/gen/facedet/v1"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 )
-
-// codeNames are the canonical status names ("INVALID_ARGUMENT"), which --json prints as the
-// Python client does; grpc-go's codes.Code.String() says "InvalidArgument".
-var codeNames = [...]string{
-	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-	"OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-}
-
-func codeName(code codes.Code) string {
-	if int(code) < len(codeNames) {
-		return codeNames[code]
-	}
-	return fmt.Sprintf("CODE_%d", uint32(code))
-}
 
 // failure is why one image or frame failed.
 type failure struct {

@@ -95,7 +95,7 @@ func runStream(s *settings, client *facedet.Client, stdout, stderr io.Writer) in
 		received++
 		var fail *failure
 		if e := response.GetError(); e != nil {
-			fail = &failure{codeName(codes.Code(e.GetCode())), naming(file, e.GetMessage())}
+			fail = &failure{facedet.CodeName(codes.Code(e.GetCode())), naming(file, e.GetMessage())}
 			failed++
 		} else {
 			faces += len(response.GetFaces())
@@ -180,6 +180,6 @@ func streamFailed(stderr io.Writer, client *facedet.Client, err error, received 
 	if code == codes.ResourceExhausted {
 		hint = "; a frame is over the server's message limit, or its queue is full"
 	}
-	fmt.Fprintf(stderr, "facedet-go stream: stream failed: %s: %s%s\n", codeName(code), statusMessage(err), hint)
+	fmt.Fprintf(stderr, "facedet-go stream: stream failed: %s: %s%s\n", facedet.CodeName(code), statusMessage(err), hint)
 	return exitFailed
 }
