@@ -23,6 +23,8 @@ from PIL import Image
 # Health: half the kubelet's default probe timeout (1 s, which our readiness probe keeps), since
 # on two shared cores the prober, the Go flood and the server contend (CI saw a p99 of 103 ms).
 FLOOD_MAX_GROWTH_MIB = 512
+# With --max-pending-calls 100000 the core holds the whole flood: 460-508 MiB measured.
+FLOOD_BACKLOG_MAX_GROWTH_MIB = 1024
 FLOOD_MAX_HEALTH_P99_MS = 500
 # The flood must be one: at least twice what one Python front end takes in here (about 3,000
 # calls a second). The generator asks for 10,000; on a busy 2-core CI runner it reached 8,867.
@@ -55,35 +57,73 @@ def test_a_flood_of_tiny_requests_is_refused_not_fatal(start_server: ServerFacto
     """10,000 tiny requests a second for 3 s over 20 connections, offered by facedet-flood (Go: a
     Python client on these two cores manages about 4,000), each with a 10 s deadline. Every call
     that reaches facedet's code ends OK or refused (RESOURCE_EXHAUSTED) and reaches the client
-    so; what one Python front end cannot take in, gRPC's core ends CANCELLED before our code sees
-    it (docs/reliability.md). Health stays answered, the peak memory bounded, and the server
-    answers a photo right after (facedet_bench.flood)."""
+    so; what one Python front end cannot take in overflows gRPC core's backlog
+    (--max-pending-calls), which ends it CANCELLED before our code sees it (docs/reliability.md).
+    Health stays answered, the peak memory bounded, and the server answers a photo right after
+    (facedet_bench.flood)."""
+    report = flood_server(start_server)
+    client, served = report.client_codes, report.server_codes
+    assert set(client) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED"}, (
+        client
+    )
+    assert set(served) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, served
+    assert served.get("RESOURCE_EXHAUSTED", 0) > 0 and served.get("OK", 0) > 0, served
+    # What facedet answered is what the client got; the only CANCELLED are the calls it never
+    # saw, and at the default backlog there are some (the next test raises it).
+    for code in ("OK", "RESOURCE_EXHAUSTED"):
+        assert client.get(code, 0) == served.get(code, 0), (client, served)
+    assert client.get("CANCELLED", 0) == report.started - sum(served.values()), (client, served)
+    assert client.get("CANCELLED", 0) > 0, client
+    assert report.peak_rss_growth_mib is not None and report.peak_rss_growth_mib < FLOOD_MAX_GROWTH_MIB, (
+        report
+    )
+
+
+@pytest.mark.timeout(300)
+def test_a_larger_core_backlog_refuses_the_flood_instead_of_cancelling_it(
+    start_server: ServerFactory,
+) -> None:
+    """The same flood with --max-pending-calls 100000: the core holds every call until the
+    Python server takes it in, so facedet itself answers each one (refused, or expired while it
+    waited) and the client sees no CANCELLED at all; the price is the wait in that backlog
+    (docs/reliability.md measures it). Deadlines of 30 s, so that (almost) every call outlasts
+    the backlog and reaches facedet's code to be counted."""
+    report = flood_server(start_server, "--max-pending-calls", "100000", deadline=30)
+    client, served = report.client_codes, report.server_codes
+    assert "CANCELLED" not in client, client
+    assert set(client) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, client
+    assert sum(client.values()) == report.started, client
+    assert served.get("RESOURCE_EXHAUSTED", 0) > 0, served
+    for code in ("OK", "RESOURCE_EXHAUSTED"):
+        assert client.get(code, 0) == served.get(code, 0), (client, served)
+    # A call whose deadline passes once facedet has it is counted DEADLINE_EXCEEDED (or
+    # CANCELLED, when the client's deadline reached the core first); one that expires still in
+    # the core's backlog is never seen by facedet. The client has its deadline for all of them.
+    expired = served.get("DEADLINE_EXCEEDED", 0) + served.get("CANCELLED", 0)
+    assert client.get("DEADLINE_EXCEEDED", 0) >= expired, (client, served)
+    # The backlog holds every waiting call's buffers: more memory than at the default.
+    growth = report.peak_rss_growth_mib
+    assert growth is not None and growth < FLOOD_BACKLOG_MAX_GROWTH_MIB, report
+
+
+def flood_server(start_server: ServerFactory, *flags: str, deadline: float = 10) -> flood.FloodReport:
+    """facedet_bench.flood's 10,000 calls a second for 3 s against a server of `flags`, checked
+    for what every flood must give: the calls offered, health answered throughout, the server
+    alive and answering a photo right after. Each call has `deadline` seconds."""
     build_flood()
     metrics = f"127.0.0.1:{free_port()}"
-    args = flood.parser().parse_args(["--rate", "10000", "--duration", "3"])
-    server = start_server("--metrics-listen", metrics, unix=False)
+    args = flood.parser().parse_args(["--rate", "10000", "--duration", "3", "--deadline", str(deadline)])
+    server = start_server("--metrics-listen", metrics, *flags, unix=False)
     assert server.proc is not None
     report = flood.flood(
         server.target, f"http://{metrics}/metrics", server.proc.pid, image_bytes("zidane.jpg"), args
     )
     server.check_alive()
     print(report)
-    client, served = report.client_codes, report.server_codes
     assert report.started == 30_000 and report.offered_per_s > FLOOD_MIN_OFFERED_PER_S, report
-    assert set(client) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED"}, (
-        client
-    )
-    assert set(served) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, served
-    assert served.get("RESOURCE_EXHAUSTED", 0) > 0 and served.get("OK", 0) > 0, served
-    # What facedet answered is what the client got; the only CANCELLED are the calls it never saw.
-    for code in ("OK", "RESOURCE_EXHAUSTED"):
-        assert client.get(code, 0) == served.get(code, 0), (client, served)
-    assert client.get("CANCELLED", 0) == report.started - sum(served.values()), (client, served)
-    assert report.peak_rss_growth_mib is not None and report.peak_rss_growth_mib < FLOOD_MAX_GROWTH_MIB, (
-        report
-    )
     assert report.health_failures == 0 and report.health_p99_ms < FLOOD_MAX_HEALTH_P99_MS, report
     assert report.photo_faces_after == EXPECTED_FACES["zidane.jpg"]
+    return report
 
 
 def build_flood() -> None:

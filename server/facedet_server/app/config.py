@@ -205,6 +205,15 @@ class ServerConfig:
         TRANSPORT,
         bounds=NOT_NEGATIVE,
     )
+    max_pending_calls: int = setting(
+        1000,
+        "calls gRPC's core may hold for this front end before its Python server takes them in; "
+        "past it the core ends new calls CANCELLED at once, unseen by facedet (some from this "
+        "many, all from three times it). Higher turns those into RESOURCE_EXHAUSTED from "
+        "facedet, but only after they wait in that backlog (docs/reliability.md)",
+        TRANSPORT,
+        bounds=POSITIVE,
+    )
     grace_seconds: float = setting(
         10.0,
         "on SIGTERM, how long in-flight calls may finish before being cut",

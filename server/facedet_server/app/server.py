@@ -197,6 +197,11 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
         # Only on request: several front-end processes may share one port (--processes), but a
         # server started on a port another one holds must fail, not split its traffic.
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+        # The core's backlog of calls the Python server has not yet taken in. Past the soft
+        # limit it ends new calls at random (random early detection), all past the hard one;
+        # gRPC's own defaults are 1,000 and 3,000, and we keep that ratio.
+        ("grpc.server.max_pending_requests", config.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", 3 * config.max_pending_calls),
     ]
 
 
