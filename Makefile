@@ -70,12 +70,18 @@ typecheck: setup-dev
 test: setup-dev test-deps lint typecheck
 	$(BIN)/python -m pytest -q -ra
 
-# Debian's ffmpeg makes the video tests' clips and serves their network stream
-# (tests/test_video_stream.py); apt-get only where it is missing.
+# Debian's ffmpeg makes the video tests' clips and serves their network stream, and GStreamer's
+# RTSP server (for Debian's own python3, through PyGObject) serves their RTSP stream
+# (tests/test_video_stream.py, tests/rtsp_server.py); apt-get only where something is missing.
+RTSP_DEBS = python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good
 .PHONY: test-deps
 test-deps:
-	@command -v ffmpeg >/dev/null || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg; }
+	@command -v ffmpeg >/dev/null && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', \
+		'1.0'); from gi.repository import Gst; Gst.init(None); \
+		assert Gst.ElementFactory.find('rtph264pay') and Gst.ElementFactory.find('qtdemux')" 2>/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		--no-install-recommends ffmpeg $(RTSP_DEBS); }
 
 # One script for the three languages; Go's and C++'s tools come from Debian (apt where missing).
 proto: setup-dev clients-go-deps clients-cpp-packages

@@ -1,6 +1,7 @@
 """`facedet stream SOURCE`, the video-pipeline tool, against real servers: a clip made here with
 ffmpeg from a shared photo (a zoom and a pan, so every frame differs), the shared real clip, a
-network stream served by ffmpeg, and a folder; file and live mode; the --blur/--draw output."""
+network stream served by ffmpeg, an RTSP stream served by GStreamer, and a folder; file and live
+mode; the --blur/--draw output."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +259,83 @@ def test_a_network_stream_served_by_ffmpeg(
     assert np.diff(times) == pytest.approx(1 / CLIP_FPS, abs=1e-3)
     assert [len(line["faces"]) for line in lines] == [2] * CLIP_FRAMES
     assert elapsed > CLIP_SECONDS * 0.7  # it came at the source's pace, not as a file would
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with PyGObject and GStreamer from apt
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+
+
+@contextlib.contextmanager
+def rtsp_stream(clip: Path) -> Iterator[str]:
+    """A real RTSP server (GStreamer's, tests/rtsp_server.py) serving `clip`: its URL."""
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.fail(
+            "GStreamer's RTSP server is not installed for /usr/bin/python3 (`make test-deps` "
+            f"installs it): {probe.stderr.strip()[-300:]}",
+            pytrace=False,
+        )
+    server = subprocess.Popen(
+        [SYSTEM_PYTHON, str(RTSP_SERVER), str(clip)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        if not port.isdigit():
+            server.kill()
+            _, err = server.communicate(timeout=10)
+            raise AssertionError(f"rtsp_server.py did not start: {err.strip()[-1000:]}")
+        yield f"rtsp://127.0.0.1:{port}/clip"
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_an_rtsp_stream_over_tcp_frame_for_frame(
+    server: Server, clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/sidecar.md's own example: an RTSP camera or relay, RTP interleaved on the RTSP
+    connection (`--input-option rtsp_transport=tcp`). In file mode nothing may be dropped, so
+    every frame comes, in order, at the source's pace, with both faces."""
+    with rtsp_stream(clip) as url:
+        started = time.monotonic()
+        status, lines, err = stream_json(
+            capsys, url, "--server", server.target, "--input-option", "rtsp_transport=tcp", "--mode", "file"
+        )
+        elapsed = time.monotonic() - started
+    assert status == 0, err
+    assert [line["index"] for line in lines] == list(range(CLIP_FRAMES))
+    times = np.array([line["timestamp"] for line in lines])
+    assert np.diff(times) == pytest.approx(1 / CLIP_FPS, abs=2e-3)
+    assert [len(line["faces"]) for line in lines] == [2] * CLIP_FRAMES
+    assert elapsed > CLIP_SECONDS * 0.7  # at the source's pace, not as a file would come
+
+
+def test_an_rtsp_stream_over_udp_in_the_default_live_mode(
+    server: Server, clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RTSP's default transport (RTP on UDP) with no flags but the server: a network stream
+    gets live mode, so a frame the server cannot take in time is dropped and counted, never
+    queued. On loopback UDP loses nothing in practice; should the kernel drop a packet on a busy
+    machine, FFmpeg skips what it cannot decode, so a few frames may be missing, none reordered."""
+    with rtsp_stream(clip) as url:
+        status, lines, err = stream_json(capsys, url, "--server", server.target)
+    assert status == 0, err
+    indices = [line["index"] for line in lines]
+    assert indices == list(range(len(lines))) and len(lines) >= CLIP_FRAMES - 3, (len(lines), err)
+    detected = [line for line in lines if not line.get("dropped")]
+    assert len(detected) >= len(lines) // 2, err
+    assert all(len(line["faces"]) == 2 for line in detected)
+    dropped = len(lines) - len(detected)
+    assert f"{len(lines)} frames, " in err and f", {dropped} dropped (" in err  # the live summary
 
 
 def test_a_folder_as_a_video(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,9 +55,10 @@ and cameras are decoded with PyAV (pip install 'facedet-client[video]').
 modes:
   file  every frame is sent, as fast as the server answers, at most --window frames in flight
         (the default for files and folders)
-  live  frames are released at the pace of their timestamps; when the server falls behind, a
-        frame not yet sent when a newer one is due is dropped (and counted), and the server is
-        asked to skip stale frames too (the default for network streams and cameras)
+  live  frames are released as a network stream or camera delivers them (a file's at the pace
+        of their timestamps); when the server falls behind, a frame not yet sent when a newer
+        one is due is dropped (and counted), and the server is asked to skip stale frames too
+        (the default for network streams and cameras)
 
 --output OUT.mp4 writes every frame back (with --draw: boxes and landmarks; with --blur: each
 face anonymised) at the input's timestamps: a frame that was dropped or skipped shows the
@@ -189,6 +190,7 @@ def run_stream(args: argparse.Namespace) -> int:
             every=args.every,
             max_frames=args.max_frames,
             timeout=args.timeout,
+            paced_by_source=info.real_time,
         )
         stats = video.stats
         answered = 0

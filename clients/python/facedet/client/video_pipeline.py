@@ -4,7 +4,8 @@ in source order with what became of each.
 - file mode: every frame is sent; at most `window` are in flight, and the reader waits for the
   server (a bounded queue), so memory stays flat however long the video.
 - live mode: frames are released at the pace of their timestamps (a file plays as if it were a
-  camera); when the server falls behind, a frame still waiting to be sent when a newer one is
+  camera), or as they arrive from a source that keeps its own pace (a network stream, a camera:
+  `paced_by_source`); when the server falls behind, a frame still waiting to be sent when a newer one is
   due is dropped here, so what is sent is always the newest frame. The stream also asks the
   server for its live mode (options.live): frames it skips come back with `dropped`. Both kinds
   of drop are counted.
@@ -182,6 +183,7 @@ class VideoStream:
         max_frames: int | None = None,
         options: DetectionOptions | None = None,
         timeout: float | None = None,
+        paced_by_source: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if every < 1:
@@ -196,6 +198,12 @@ class VideoStream:
         base = options if options is not None else client.options or DetectionOptions()
         self._options = replace(base, live=mode == "live")
         self._timeout = timeout
+        # A real-time source delivers each frame when it is due. Pacing its frames again by their
+        # timestamps from the first one read would hold every later frame back by whatever the
+        # demuxer buffered before that first frame (FFmpeg probes about half a second of an RTSP
+        # stream), for the whole run, and at the end lose what is still buffered when the source
+        # says it is done.
+        self._pace = mode == "live" and not paced_by_source
         self._clock = clock
         self.stats = StreamStats()
         self._reader_error: list[BaseException] = []
@@ -256,7 +264,7 @@ class VideoStream:
                 if started is None:
                     started, first_time = now, frame.time
                 due = now
-                if self.mode == "live":  # release the frame at its timestamp
+                if self._pace:  # release the frame at its timestamp
                     due = started + (frame.time - first_time)
                     if due > now:
                         time.sleep(due - now)
