@@ -15,7 +15,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import structlog
 
-    from facedet_server.app.logs import configure_logging
+    from facedet_server.app import stderr_relay
+    from facedet_server.app.logs import configure_logging, resolved_format
     from facedet_server.app.server import StartupError, serve
     from facedet_server.model.files import ModelFileError
 
@@ -24,6 +25,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 2
+    if resolved_format(server_config.log_format) == "json":
+        stderr_relay.start()  # native libraries' lines on fd 2 become JSON too
     configure_logging(server_config.log_format, server_config.log_level)
     if server_config.role != "server" or "FACEDET_PROCESS_INDEX" in os.environ:
         # Several processes write one log: every line says which one wrote it.

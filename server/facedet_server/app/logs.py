@@ -8,9 +8,15 @@ import sys
 import structlog
 
 
-def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+def resolved_format(fmt: str) -> str:
+    """--log-format as it applies here: auto is console on a terminal, else JSON."""
     if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+        return "console" if sys.stderr.isatty() else "json"
+    return fmt
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    fmt = resolved_format(fmt)
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
