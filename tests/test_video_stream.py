@@ -267,36 +267,29 @@ RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
 
 @contextlib.contextmanager
 def rtsp_stream(clip: Path) -> Iterator[str]:
-    """A real RTSP server (GStreamer's, tests/rtsp_server.py) serving `clip`: its URL."""
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        pytest.fail(
-            "GStreamer's RTSP server is not installed for /usr/bin/python3 (`make test-deps` "
-            f"installs it): {probe.stderr.strip()[-300:]}",
-            pytrace=False,
-        )
-    server = subprocess.Popen(
+    """A real RTSP server (GStreamer's, tests/rtsp_server.py) serving `clip`: its URL. Fails,
+    saying what is missing, where GStreamer's RTSP server is not installed."""
+    rtsp = subprocess.Popen(
         [SYSTEM_PYTHON, str(RTSP_SERVER), str(clip)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert server.stdout is not None
-        port = server.stdout.readline().strip()
+        assert rtsp.stdout is not None
+        port = rtsp.stdout.readline().strip()
         if not port.isdigit():
-            server.kill()
-            _, err = server.communicate(timeout=10)
-            raise AssertionError(f"rtsp_server.py did not start: {err.strip()[-1000:]}")
+            rtsp.kill()
+            _, err = rtsp.communicate(timeout=10)
+            pytest.fail(
+                f"tests/rtsp_server.py did not start (`make test-deps` installs GStreamer's RTSP "
+                f"server for /usr/bin/python3): {err.strip()[-1000:]}",
+                pytrace=False,
+            )
         yield f"rtsp://127.0.0.1:{port}/clip"
     finally:
-        server.kill()
-        server.wait(10)
+        rtsp.kill()
+        rtsp.wait(10)
 
 
 def test_an_rtsp_stream_over_tcp_frame_for_frame(

@@ -73,15 +73,13 @@ def start() -> bool:
             stderr=2,
             pass_fds=(done_write,),
         )
-        intermediate.wait(30)  # it has forked the relay and exited
+        started = intermediate.wait(30) == 0  # it has forked the relay and exited
     except (OSError, subprocess.SubprocessError):
-        os.close(write_end)
-        os.close(done_read)
-        return False
+        started = False
     finally:
         os.close(read_end)
         os.close(done_write)
-    if intermediate.returncode != 0:
+    if not started:
         os.close(write_end)
         os.close(done_read)
         return False

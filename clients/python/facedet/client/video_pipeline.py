@@ -5,8 +5,8 @@ in source order with what became of each.
   server (a bounded queue), so memory stays flat however long the video.
 - live mode: frames are released at the pace of their timestamps (a file plays as if it were a
   camera), or as they arrive from a source that keeps its own pace (a network stream, a camera:
-  `paced_by_source`); when the server falls behind, a frame still waiting to be sent when a newer one is
-  due is dropped here, so what is sent is always the newest frame. The stream also asks the
+  `paced_by_source`); when the server falls behind, a frame still waiting to be sent when a
+  newer one is due is dropped here, so what is sent is always the newest frame. The stream also asks the
   server for its live mode (options.live): frames it skips come back with `dropped`. Both kinds
   of drop are counted.
 
