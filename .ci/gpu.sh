@@ -6,10 +6,12 @@
 # whose files come back.
 #
 #   .ci/gpu.sh [--tree DIR] [--label TEXT] [--tests [PYTEST ARGS...]] [--trt]
-#              [--bench NAME]... [--serve-args "FLAGS"] [--tests-timeout S] [--dry-run]
+#              [--bench NAME]... [--serve-args "FLAGS"] [--tests-timeout S]
+#              [--soak S] [--cpu-reference] [--model-speed] [--dry-run]
 #
 # Setup always runs first: the carried wheels (.whl/, then .trtwhl/ and .nvwhl/ where present)
-# go into /tmp/site; PYTHONPATH is /tmp/site and the tree's package roots (clients/python,
+# go into /tmp/site, once per machine (a second run, at once or later, finds them there and
+# waits on a lock while another installs); PYTHONPATH is /tmp/site and the tree's package roots (clients/python,
 # server, converter, trt_runtime, tools, tests: those it has); FACEDET_SHARED is
 # .devcarry/shared, FACEDET_MODEL its models/yolov5n-0.5.onnx, PYTHONUNBUFFERED=1.
 #
@@ -47,6 +49,19 @@
 #                                  front ends per GPU where the CPUs allow); results named
 #                                  devices-N for N GPUs
 #   --serve-args F    extra `facedet serve` flags for every --bench configuration (word-split).
+#   --soak S          issue 17's soak, S seconds (600 for the documented run): facedet_bench.soak
+#                     --gpu against its own `facedet serve --backend torch` (no other flag: the
+#                     automatic layout), 8 unary workers and 8 streams of 4 frames in flight, 1%
+#                     bad frames; host RSS and GPU memory of the server's whole process tree.
+#                     Report: $SLUG-soak.json. It outlasts one device command (10 minutes at
+#                     most) with its first start: run it detached, as in the examples below.
+#   --cpu-reference   issue 15's CPU goal on this machine's cores: facedet_bench.reference (the
+#                     reference pipeline, then `facedet serve --backend onnxruntime`, the
+#                     registry's default model from .devcarry, in an empty $FACEDET_HOME), with
+#                     the reference on 2 sessions and again on one session per CPU.
+#   --model-speed     model-only GPU time of yolov5n-0.5 and yolov5n-face (its ncnn .param from
+#                     .devcarry), facedet_bench.gpu_model: CUDA graphs of the eager module, fp16,
+#                     batches 1, 8 and 32 at 640x384 and 640x640.
 #   --tests-timeout S seconds the --tests step may take (default 560: the device tool stops a
 #                     command at 600 s; the full suite took up to 585 s with its memory tests).
 #   --dry-run         print the plan (tree, commit, PYTHONPATH, configurations) and stop.
@@ -62,6 +77,10 @@
 #   .ci/gpu.sh --tests --bench default
 #   .ci/gpu.sh --tests -k "not memory_growth" --trt
 #   .ci/gpu.sh --tree .before --bench default; .ci/gpu.sh --bench default   # before and after
+#   # a soak that outlives this command (setsid), beside functional tests; a later command, on
+#   # the same machine (it stays warm 30 s after each), copies /tmp/soak-out/* to $OUT:
+#   OUT=/tmp/soak-out setsid nohup .ci/gpu.sh --label soak --soak 600 > /dev/null 2>&1 < /dev/null &
+#   .ci/gpu.sh --tests -k "not 20000"
 #
 # The run letters of docs/benchmarks.md (A..AG) name runs of past passes, each made by its own
 # .ci/gpu-run-<letter>.sh; those scripts are in git history before commit accd207.
@@ -87,7 +106,8 @@ die_usage() {
 is_own_option() {
   case $1 in
     --tree | --tree=* | --label | --label=* | --tests | --trt | --bench | --bench=* | --serve-args | --serve-args=* \
-      | --tests-timeout | --tests-timeout=* | --dry-run | -h | --help) return 0 ;;
+      | --tests-timeout | --tests-timeout=* | --soak | --soak=* | --cpu-reference | --model-speed \
+      | --dry-run | -h | --help) return 0 ;;
   esac
   return 1
 }
@@ -98,6 +118,9 @@ TREE=.
 LABEL=
 RUN_TESTS=0
 RUN_TRT=0
+SOAK_S=
+RUN_REFERENCE=0
+RUN_MODEL_SPEED=0
 DRY_RUN=0
 TESTS_TIMEOUT=560
 SERVE_EXTRA=()
@@ -133,6 +156,10 @@ while [ $# -gt 0 ]; do
     --tests-timeout) need_value "$1" $#; TESTS_TIMEOUT=$2; shift 2 ;;
     --tests-timeout=*) TESTS_TIMEOUT=${1#*=}; shift ;;
     --trt) RUN_TRT=1; shift ;;
+    --soak) need_value "$1" $#; SOAK_S=$2; shift 2 ;;
+    --soak=*) SOAK_S=${1#*=}; shift ;;
+    --cpu-reference) RUN_REFERENCE=1; shift ;;
+    --model-speed) RUN_MODEL_SPEED=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --tests)
       RUN_TESTS=1
@@ -154,7 +181,11 @@ done
 case $TESTS_TIMEOUT in
   '' | *[!0-9]*) die_usage "--tests-timeout takes whole seconds, not '$TESTS_TIMEOUT'" ;;
 esac
-[ "$RUN_TESTS$RUN_TRT${#BENCHES[@]}" != 000 ] || echo "gpu.sh: nothing asked for but the setup (--tests, --trt, --bench NAME)"
+case $SOAK_S in
+  *[!0-9]*) die_usage "--soak takes whole seconds, not '$SOAK_S'" ;;
+esac
+[ "$RUN_TESTS$RUN_TRT${#BENCHES[@]}$RUN_REFERENCE$RUN_MODEL_SPEED" != 00000 ] || [ -n "$SOAK_S" ] \
+  || echo "gpu.sh: nothing asked for but the setup (--tests, --trt, --bench NAME, --soak S, --cpu-reference, --model-speed)"
 
 cd "$REPO" || exit 2
 [ -d "$TREE" ] || die_usage "--tree $TREE: no such folder (carry it)"
@@ -213,6 +244,9 @@ if [ "$DRY_RUN" = 1 ]; then
   echo "PYTHONPATH $PYTHONPATH"
   [ "$RUN_TESTS" = 1 ] && echo "tests     pytest -q -rs -s -p no:cacheprovider ${PYTEST_ARGS[*]} (timeout $TESTS_TIMEOUT s)"
   [ "$RUN_TRT" = 1 ] && echo "trt       bash $TREE/trt_runtime/gpu_tests.sh"
+  [ -n "$SOAK_S" ] && echo "soak      $SOAK_S s"
+  [ "$RUN_REFERENCE" = 1 ] && echo "reference on $(nproc) CPUs"
+  [ "$RUN_MODEL_SPEED" = 1 ] && echo "model speed yolov5n-0.5, yolov5n-face"
   for b in "${BENCHES[@]}"; do echo "bench     $b ${SERVE_EXTRA[*]}"; done
   exit 0
 fi
@@ -268,17 +302,29 @@ timed_out() {  # exit status of `timeout`: explains 124
 }
 
 install_wheels() {
-  local dir rc=0 found=0
-  for dir in .whl .trtwhl .nvwhl; do
-    compgen -G "$REPO/$dir/*.whl" > /dev/null || continue
-    found=1
-    if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$REPO/$dir"/*.whl; then
-      echo "pip could not install $dir/*.whl into /tmp/site"
-      rc=1
-    fi
-  done
-  [ "$found" = 1 ] || { echo "no carried wheels (.whl/*.whl): carry .whl"; rc=1; }
+  local dir rc=0 wheels
+  wheels=$(cd "$REPO" && ls -l .whl/*.whl .trtwhl/*.whl .nvwhl/*.whl 2> /dev/null | awk '{print $5, $NF}')
+  [ -n "$wheels" ] || { echo "no carried wheels (.whl/*.whl): carry .whl"; rc=1; }
+  # Once per machine: a run already going (a detached --soak, say) imports from /tmp/site, so a
+  # second run must neither reinstall under it nor start before the first install is complete.
+  mkdir -p /tmp/site
+  exec 9> /tmp/site.lock
+  flock 9
+  if [ -n "$wheels" ] && [ "$(cat /tmp/site/.carried-wheels 2> /dev/null)" = "$wheels" ]; then
+    echo "the carried wheels are already in /tmp/site"
+  elif [ -n "$wheels" ]; then
+    for dir in .whl .trtwhl .nvwhl; do
+      compgen -G "$REPO/$dir/*.whl" > /dev/null || continue
+      if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$REPO/$dir"/*.whl; then
+        echo "pip could not install $dir/*.whl into /tmp/site"
+        rc=1
+      fi
+    done
+    [ "$rc" = 0 ] && echo "$wheels" > /tmp/site/.carried-wheels
+  fi
+  flock -u 9
+  exec 9>&-
   [ -f "$FACEDET_MODEL" ] || { echo "no model at $FACEDET_MODEL: carry .devcarry"; rc=1; }
   [ "${#FD[@]}" -gt 0 ] || { echo "$TREE has neither facedet.cli nor facedet_server.cli"; rc=1; }
   return "$rc"
@@ -329,6 +375,48 @@ run_trt() {
   rc=$?
   grep -E "^=== |passed|failed|skipped|error|tensorrt module|cuda-bindings" "$LOGS/trt/gpu_tests.log" | result trt
   timed_out "$rc" 300
+  return "$rc"
+}
+
+run_soak() {  # --soak S: the soak's own torch server, the automatic layout
+  local rc
+  (cd "$TREE" && timeout $((SOAK_S + 900)) python3 -m facedet_bench.soak --gpu --duration "$SOAK_S" \
+    --model "$FACEDET_MODEL" --server-arg=--backend --server-arg=torch --start-timeout 600 \
+    --unary 8 --streams 8 --window 4 --server-log "$LOGS/server-soak.log" \
+    --json "$OUT/$SLUG-soak.json") > "$LOGS/soak.log" 2>&1
+  rc=$?
+  grep -E '"(requests|served_ok|img_per_s|good_by_status|bad_by_status|p99_ms_[a-z_]+|server_processes|rss_[a-z_]+|gpu_[a-z_]+|passed)"' \
+    "$LOGS/soak.log" | result soak
+  timed_out "$rc" $((SOAK_S + 900))
+  [ "$rc" -eq 0 ] || { echo "soak exit $rc; the end of soak.log:"; tail -5 "$LOGS/soak.log"; }
+  return "$rc"
+}
+
+run_reference() {  # --cpu-reference: the reference, then the CPU server with no other flag
+  local threads rc=0 home
+  for threads in $(printf "2\n%s\n" "$(nproc)" | sort -nu); do
+    home=$(mktemp -d)
+    # No FACEDET_MODEL: the server resolves the registry's default (the dynamic rewrite, made in
+    # the empty home from the mirror), as on a user's machine; the reference reads the frozen file.
+    (cd "$TREE" && env -u FACEDET_MODEL FACEDET_HOME="$home" FACEDET_MODEL_DIR="$FACEDET_SHARED/models" \
+      timeout 240 python3 -m facedet_bench.reference --image "$IMG" --duration 8 --warmup 2 \
+      --reference-threads "$threads" --serve-args "--backend onnxruntime" \
+      --json "$LOGS/reference-$threads.json") > "$LOGS/reference-$threads.log" 2>&1 || rc=1
+    grep -vE "$QUIET" "$LOGS/reference-$threads.log" | tail -6 | result "reference x$threads"
+  done
+  return "$rc"
+}
+
+run_model_speed() {  # --model-speed: model-only GPU time of both models
+  local name model rc=0
+  for name in yolov5n-0.5 yolov5n-face; do
+    model=$FACEDET_MODEL
+    [ "$name" = yolov5n-face ] && model="$FACEDET_SHARED/models/ncnn/yolov5n.param"
+    (cd "$TREE" && timeout 240 python3 -m facedet_bench.gpu_model --model "$model" --modes graph \
+      --compile-mode off --batches 1,8,32 --shapes 640x384,640x640 --iters 100 \
+      --json "$LOGS/model-speed-$name.json") > "$LOGS/model-speed-$name.log" 2>&1 || rc=1
+    grep -vE "$QUIET" "$LOGS/model-speed-$name.log" | tail -12 | result "model $name"
+  done
   return "$rc"
 }
 
@@ -457,10 +545,13 @@ run_config() {  # a --bench NAME [serve flags]: serve, the three loads, the engi
 main() {
   local b entry name status seconds failed=0
   trap stop_server EXIT  # a server left running when a step is cut short
-  describe_machine
   step setup install_wheels
+  describe_machine  # after the setup: it names the carried grpc too
   [ "$RUN_TESTS" = 1 ] && step tests run_tests
   [ "$RUN_TRT" = 1 ] && step trt run_trt
+  [ "$RUN_MODEL_SPEED" = 1 ] && step "model speed" run_model_speed
+  [ -n "$SOAK_S" ] && step soak run_soak
+  [ "$RUN_REFERENCE" = 1 ] && step "cpu reference" run_reference
   for b in "${BENCHES[@]}"; do
     run_config "$b"
   done

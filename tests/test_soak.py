@@ -55,3 +55,16 @@ def test_soak_fails_when_good_requests_fail(tmp_path: Path) -> None:
     requests = report["requests"]
     assert isinstance(bad, dict) and isinstance(requests, int)
     assert report["good_by_status"] == {"INVALID_ARGUMENT": requests - sum(bad.values())}
+
+
+@pytest.mark.timeout(240)
+def test_soak_measures_the_whole_process_tree(tmp_path: Path) -> None:
+    """With --processes the work is in the server's children: their memory is the server's."""
+    code, report = soak(tmp_path, "--server-arg=--processes", "--server-arg=2")
+    assert code == 0, report
+    processes = report["server_processes"]
+    assert isinstance(processes, int) and processes >= 3, report  # the supervisor and two pipelines
+    rss = report["rss_mib_end"]
+    # Two ONNX Runtime pipelines hold well over one process's ~100 MiB of Python and libraries.
+    assert isinstance(rss, float) and rss > 2 * 100, report
+    assert report["server_exit"] == 0

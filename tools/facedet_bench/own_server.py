@@ -30,6 +30,36 @@ def rss_mib(pid: int) -> float:
     return _status_mib(pid, "VmRSS:")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a multi-process server's front ends and engines are
+    the supervisor's children), from each process's parent in /proc/PID/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The name (field 2) is in parentheses and may hold spaces: the parent follows it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_rss_mib(pid: int) -> float:
+    """The resident memory of `pid` and its descendants together (shared pages counted in each)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += rss_mib(member)
+        except (OSError, RuntimeError):
+            continue  # exited meanwhile, or a zombie without VmRSS
+    return total
+
+
 def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
@@ -55,8 +85,15 @@ def serving(target: str, timeout: float = 2.0) -> bool:
 class OwnServer:
     """`facedet serve --model MODEL --listen 127.0.0.1:PORT ARGS`, its log in `log_path`."""
 
-    def __init__(self, model: str, args: Sequence[str] = (), log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        args: Sequence[str] = (),
+        log_path: Path | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
         self.port = free_port()
+        self.start_timeout = start_timeout  # a first GPU start compiles for minutes
         self.target = f"127.0.0.1:{self.port}"
         self.command = [
             sys.executable,
@@ -77,7 +114,8 @@ class OwnServer:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 120.0) -> OwnServer:
+    def start(self, timeout: float | None = None) -> OwnServer:
+        timeout = self.start_timeout if timeout is None else timeout
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout

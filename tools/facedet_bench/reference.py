@@ -32,7 +32,7 @@ import numpy as np
 from facedet_server.faces.heads import decode_heads
 from facedet_server.faces.options import Options
 from facedet_server.faces.select import select_faces
-from facedet_server.model.files import resolve_model
+from facedet_server.model.files import DEFAULT_MODEL, pull
 from facedet_server.model.spec import UPSTREAM_YOLOV5N_05
 from facedet_server.tensor.letterbox import Letterbox
 
@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m facedet_bench.reference", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     parser.add_argument("--image", type=Path, required=True, help="a JPEG to detect over and over")
-    parser.add_argument("--model", type=Path, help="the upstream ONNX (default: the registry's yolov5n-0.5)")
+    parser.add_argument(
+        "--model", type=Path, help="the frozen upstream ONNX (default: the registry's yolov5n-0.5 file)"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each measured run")
     parser.add_argument("--concurrency", type=int, default=16, help="gRPC clients for the throughput run")
@@ -139,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     data = args.image.read_bytes()
-    model = args.model or resolve_model(None)
+    # The pulled upstream file itself: what `facedet serve` would serve (the dynamic rewrite, or
+    # our export with decoding in the graph) is not the reference's model.
+    model = args.model or pull(DEFAULT_MODEL, cache_mirror=False)
     if args.skip_reference:
         ref = ref_single = Measured(float("nan"), float("nan"), 0)
     else:

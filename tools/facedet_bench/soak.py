@@ -10,9 +10,11 @@ report: requests served, errors by status (bad and good apart), p99 latency in t
 last window (a minute, or a quarter of a shorter run), the server's RSS after the first window
 and at the end (its growth must stay under --max-rss-growth, checked on runs of 2 minutes or
 more: a shorter run is all warm-up), and with --gpu the GPU memory the server holds
-(nvidia-smi). The server is started here with --model (its pid known), or given with --server
-(RSS read only with --server-pid, on the same host). A burst of --warm-up seconds comes first,
-not counted, so the memory baseline is taken after the runtime has seen every batch size.
+(nvidia-smi; its growth must stay under --max-gpu-growth). Memory is the server's whole process
+tree: with --processes, its front ends and engines are the server's children. The server is
+started here with --model (its pid known), or given with --server (RSS read only with
+--server-pid, on the same host). A burst of --warm-up seconds comes first, not counted, so the
+memory baseline is taken after the runtime has seen every batch size.
 Exit status 0 when every check passes.
 """
 
@@ -35,7 +37,7 @@ import numpy as np
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 
-from facedet_bench.own_server import OwnServer, rss_mib
+from facedet_bench.own_server import OwnServer, process_tree, tree_rss_mib
 
 BAD_IMAGE = b"\x00 not an image"
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
@@ -145,7 +147,8 @@ class Soak:
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
 
 
-def _gpu_mib(pid: int | None) -> float | None:
+def _gpu_mib(pids: list[int]) -> float | None:
+    """GPU memory the processes `pids` hold, summed (None: no nvidia-smi, or none of them on it)."""
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
@@ -157,7 +160,7 @@ def _gpu_mib(pid: int | None) -> float | None:
     except (OSError, subprocess.SubprocessError):
         return None
     rows = [line.split(",") for line in out.splitlines() if line.strip()]
-    used = [float(m) for p, m in rows if pid is None or int(p) == pid]
+    used = [float(m) for p, m in rows if int(p) in pids]
     return sum(used) if used else None
 
 
@@ -204,14 +207,20 @@ def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, obj
     for worker in workers:
         worker.start()
     samples: list[tuple[float, float | None, float | None]] = []  # (t, rss MiB, gpu MiB)
+    processes = len(process_tree(pid)) if pid else None
+
+    def sample(now: float) -> None:
+        rss = tree_rss_mib(pid) if pid else None
+        samples.append((now, rss, _gpu_mib(process_tree(pid)) if args.gpu and pid else None))
+
     while (now := soak._now()) < args.duration:
-        samples.append((now, rss_mib(pid) if pid else None, _gpu_mib(pid) if args.gpu else None))
+        sample(now)
         time.sleep(min(args.sample_interval, max(args.duration - now, 0.01)))
     soak.stop.set()
     for worker in workers:
         worker.join(args.deadline + 10)
     end = soak._now()
-    samples.append((end, rss_mib(pid) if pid else None, _gpu_mib(pid) if args.gpu else None))
+    sample(end)
 
     def at(t: float, column: int) -> float | None:
         """The sample at or just after `t` seconds."""
@@ -228,12 +237,17 @@ def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, obj
     good_total, bad_total = sum(rec.good.values()), sum(rec.bad.values())
     rss_growth = growth(1)
     rss_checked = args.duration >= 120 and rss_growth is not None
+    gpu_growth = growth(2)
+    # With --gpu on a long run, no GPU sample at all fails too: nothing would have been checked.
+    gpu_checked = bool(args.gpu) and args.duration >= 120 and pid is not None
     checks = {
         "good_requests_all_ok": good_total > 0 and set(rec.good) == {"OK"},
         "bad_requests_all_invalid_argument": set(rec.bad) <= {"INVALID_ARGUMENT"},
         "same_faces_every_time": rec.wrong_faces == 0,
         "rss_growth_under_limit": (rss_growth is not None and rss_growth < args.max_rss_growth)
         or not rss_checked,
+        "gpu_growth_under_limit": (gpu_growth is not None and gpu_growth < args.max_gpu_growth)
+        or not gpu_checked,
     }
     return {
         "target": target,
@@ -250,6 +264,7 @@ def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, obj
         "window_s": window,
         "p99_ms_first_window": _p99_ms(rec, 0, window),
         "p99_ms_last_window": _p99_ms(rec, end - window, end + 1),
+        "server_processes": processes,
         "rss_mib_start": samples[0][1],
         "rss_mib_after_first_window": at(window, 1),
         "rss_mib_end": samples[-1][1],
@@ -257,7 +272,8 @@ def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, obj
         "rss_checked": rss_checked,
         "gpu_mib_after_first_window": at(window, 2),
         "gpu_mib_end": samples[-1][2],
-        "gpu_growth_pct_after_first_window": growth(2),
+        "gpu_growth_pct_after_first_window": gpu_growth,
+        "gpu_checked": gpu_checked,
         "warm_up_calls": warmed,
         "samples": [[round(t, 1), rss, gpu] for t, rss, gpu in samples],  # seconds, RSS MiB, GPU MiB
         "checks": checks,
@@ -288,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth", type=float, default=5.0, help="percent, after the first window")
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--gpu", action="store_true", help="also sample GPU memory (nvidia-smi)")
+    parser.add_argument("--max-gpu-growth", type=float, default=5.0, help="percent, after the first window")
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=120.0,
+        help="seconds the server started here may take to serve (a first GPU start compiles: 600)",
+    )
     parser.add_argument(
         "--warm-up",
         type=float,
@@ -297,11 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warm-up-callers", type=int, default=24, help="callers in the warm-up burst (default 24)"
     )
+    parser.add_argument("--server-log", type=Path, help="with --model: the server's log, appended here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.model:
-        with OwnServer(args.model, args.server_arg) as server:
+        with OwnServer(
+            args.model, args.server_arg, log_path=args.server_log, start_timeout=args.start_timeout
+        ) as server:
             report = run(args, server.target, server.pid)
             report["server_exit"] = server.stop()
     else:
