@@ -23,7 +23,7 @@
 #                     short commit); also names what the run leaves in $OUT: <label>-run.log (all
 #                     it printed) and <label>-logs.tar.gz (every log), as the device tool brings
 #                     back 8 files at most (so at most four runs a command).
-#   --tests [ARGS]    all of tests/gpu: python3 -m pytest -q -rs -s -p no:cacheprovider tests/gpu.
+#   --tests [ARGS]    all of tests/gpu: python3 -m pytest -v -rs -s -p no:cacheprovider tests/gpu.
 #                     The arguments after it, up to the next option of this script (or all after
 #                     `--`), go to pytest; those naming a path replace tests/gpu. Log, JUnit XML.
 #   --trt             trt_runtime/gpu_tests.sh: the TensorRT runtime tests, each file in its own
@@ -242,7 +242,7 @@ if [ "$DRY_RUN" = 1 ]; then
   echo "label     $LABEL (\$OUT/$SLUG-run.log, \$OUT/$SLUG-logs.tar.gz)"
   echo "facedet   ${FD[*]:-none found}"
   echo "PYTHONPATH $PYTHONPATH"
-  [ "$RUN_TESTS" = 1 ] && echo "tests     pytest -q -rs -s -p no:cacheprovider ${PYTEST_ARGS[*]} (timeout $TESTS_TIMEOUT s)"
+  [ "$RUN_TESTS" = 1 ] && echo "tests     pytest -v -rs -s -p no:cacheprovider ${PYTEST_ARGS[*]} (timeout $TESTS_TIMEOUT s)"
   [ "$RUN_TRT" = 1 ] && echo "trt       bash $TREE/trt_runtime/gpu_tests.sh"
   [ -n "$SOAK_S" ] && echo "soak      $SOAK_S s"
   [ "$RUN_REFERENCE" = 1 ] && echo "reference on $(nproc) CPUs"
@@ -357,8 +357,10 @@ run_tests() {
     if [ -e "$TREE/${arg%%::*}" ]; then targets+=("$arg"); else args+=("$arg"); fi
   done
   [ "${#targets[@]}" -gt 0 ] || targets=(tests/gpu)
-  (cd "$TREE" && timeout "$TESTS_TIMEOUT" python3 -m pytest -q -rs -s -p no:cacheprovider \
-    --junitxml="$LOGS/tests.xml" "${targets[@]}" "${args[@]}") > "$LOGS/tests.log" 2>&1
+  # -v names each test as it starts, and SIGINT at the limit makes pytest print where it was and
+  # its summary: a run cut short still says which test took the time.
+  (cd "$TREE" && timeout -s INT -k 30 "$TESTS_TIMEOUT" python3 -m pytest -v -rs -s -p no:cacheprovider \
+    --durations=0 --junitxml="$LOGS/tests.xml" "${targets[@]}" "${args[@]}") > "$LOGS/tests.log" 2>&1
   rc=$?
   grep -vE "$QUIET" "$LOGS/tests.log" | grep -E "passed|failed|skipped|SKIPPED|FAILED|ERROR|Error|assert|RSS" \
     | tail -25 | result tests

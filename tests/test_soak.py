@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from facedet_bench.soak import Sample, growth_pct, sample_at
 from facedet_test_support import EXPECTED_FACES, IMAGES, MODEL, REPO, clean_env, require
 
 
@@ -68,3 +69,28 @@ def test_soak_measures_the_whole_process_tree(tmp_path: Path) -> None:
     # Two ONNX Runtime pipelines hold well over one process's ~100 MiB of Python and libraries.
     assert isinstance(rss, float) and rss > 2 * 100, report
     assert report["server_exit"] == 0
+
+
+def plateau(at: float, low: float, high: float, end: float = 600.0) -> list[Sample]:
+    """GPU samples every 5 s climbing linearly from `low` to `high` until `at` s, flat after."""
+    return [(t, 4500.0, low + (high - low) * min(t, at) / at) for t in range(0, int(end) + 1, 5)]
+
+
+def test_a_caching_allocator_plateau_is_not_growth_but_a_leak_is() -> None:
+    """The GPU soak's rule: growth over the second half. The H200 run's shape (climbing for the
+    first 120 s, flat for the last 480 s) passes; memory that keeps climbing does not."""
+    warmed = plateau(at=120, low=11_672, high=16_596)
+    after_first_minute = growth_pct(warmed, 2, since=60)
+    assert after_first_minute is not None and after_first_minute > 5  # the old rule's false alarm
+    assert growth_pct(warmed, 2, since=300) == 0.0
+    leaking = plateau(at=600, low=11_672, high=16_596)
+    second_half = growth_pct(leaking, 2, since=300)
+    assert second_half is not None and second_half > 5
+
+
+def test_samples_without_a_value_are_skipped() -> None:
+    samples: list[Sample] = [(0.0, 100.0, None), (5.0, 110.0, None), (10.0, 121.0, 50.0)]
+    assert sample_at(samples, 0, 2) == 50.0  # the first sample that has a GPU value
+    assert growth_pct(samples, 1, since=5) == 10.0
+    assert growth_pct(samples, 2, since=11) is None  # nothing at or after 11 s
+    assert growth_pct([], 1, since=0) is None
