@@ -10,6 +10,7 @@ by two batches in flight.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -32,6 +33,31 @@ def load_torch_model(model_path: Path) -> tuple[torch.nn.Module, ModelSpec]:
 
     module, spec = load_inference_model(model_path)
     return module, spec
+
+
+def inductor_cache_dir(home: Path) -> Path:
+    """Where inductor keeps what it compiled: $TORCHINDUCTOR_CACHE_DIR where the user set it,
+    else `home`/inductor, put into the environment (inductor and its compile workers read it
+    there). Importing torch._dynamo sets that variable to torch's own default
+    (/tmp/torchinductor_$USER) as a side effect, so that value counts as unset: it would put the
+    cache in /tmp, lost with the container or the machine, and every start would compile again."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if value and os.path.abspath(value) != os.path.abspath(_torch_default_cache_dir()):
+        return Path(value)
+    path = home / "inductor"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def _torch_default_cache_dir() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch layout: its default as torch 2.4-2.13 compute it
+        import getpass
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    return str(default_cache_dir())
 
 
 Graph = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]  # graph, static input, static output
@@ -118,8 +144,6 @@ class TorchCudaBackend:
         batch size is symbolic, so each input shape compiles once for all its buckets (symbolic
         height and width too would compile once in all, but measured at half the speed); the
         artifacts are cached on disk, so a restart skips most of the work."""
-        import os
-
         import torch._dynamo
 
         from facedet_server.model.files import facedet_home
@@ -128,8 +152,8 @@ class TorchCudaBackend:
 
         # The compiled kernels and graphs are kept on disk (inductor's FX graph and autograd
         # caches, and Triton's kernels under the same folder), so only a first start pays the
-        # minutes of compiling; $TORCHINDUCTOR_CACHE_DIR, when set, wins.
-        cache = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(facedet_home() / "inductor")))
+        # minutes of compiling; $TORCHINDUCTOR_CACHE_DIR, when the user set it, wins.
+        cache = inductor_cache_dir(facedet_home())
         import torch._inductor.config as inductor_config
 
         inductor_config.fx_graph_cache = True
