@@ -7,7 +7,7 @@
 #
 #   .ci/gpu.sh [--tree DIR] [--label TEXT] [--tests [PYTEST ARGS...]] [--trt]
 #              [--bench NAME]... [--serve-args "FLAGS"] [--tests-timeout S]
-#              [--soak S] [--cpu-reference] [--model-speed] [--dry-run]
+#              [--soak S] [--cpu-reference] [--cpu-layouts] [--model-speed] [--dry-run]
 #
 # Setup always runs first: the carried wheels (.whl/, then .trtwhl/ and .nvwhl/ where present)
 # go into /tmp/site, once per machine (a second run, at once or later, finds them there and
@@ -59,6 +59,10 @@
 #                     reference pipeline, then `facedet serve --backend onnxruntime`, the
 #                     registry's default model from .devcarry, in an empty $FACEDET_HOME), with
 #                     the reference on 2 sessions and again on one session per CPU.
+#   --cpu-layouts     issue 15's CPU layout on this machine's cores: the CPU server measured as
+#                     --cpu-reference measures it (--skip-reference) with no layout flags, then
+#                     --batch-workers 8 --intra-op-threads 2, 4 x 4, 1 x all CPUs, none again
+#                     (throughput at concurrency 16, p50 at 1), and none at concurrency 32.
 #   --model-speed     model-only GPU time of yolov5n-0.5 and yolov5n-face (its ncnn .param from
 #                     .devcarry), facedet_bench.gpu_model: CUDA graphs of the eager module, fp16,
 #                     batches 1, 8 and 32 at 640x384 and 640x640.
@@ -106,7 +110,7 @@ die_usage() {
 is_own_option() {
   case $1 in
     --tree | --tree=* | --label | --label=* | --tests | --trt | --bench | --bench=* | --serve-args | --serve-args=* \
-      | --tests-timeout | --tests-timeout=* | --soak | --soak=* | --cpu-reference | --model-speed \
+      | --tests-timeout | --tests-timeout=* | --soak | --soak=* | --cpu-reference | --cpu-layouts | --model-speed \
       | --dry-run | -h | --help) return 0 ;;
   esac
   return 1
@@ -120,6 +124,7 @@ RUN_TESTS=0
 RUN_TRT=0
 SOAK_S=
 RUN_REFERENCE=0
+RUN_LAYOUTS=0
 RUN_MODEL_SPEED=0
 DRY_RUN=0
 TESTS_TIMEOUT=560
@@ -159,6 +164,7 @@ while [ $# -gt 0 ]; do
     --soak) need_value "$1" $#; SOAK_S=$2; shift 2 ;;
     --soak=*) SOAK_S=${1#*=}; shift ;;
     --cpu-reference) RUN_REFERENCE=1; shift ;;
+    --cpu-layouts) RUN_LAYOUTS=1; shift ;;
     --model-speed) RUN_MODEL_SPEED=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --tests)
@@ -184,8 +190,8 @@ esac
 case $SOAK_S in
   *[!0-9]*) die_usage "--soak takes whole seconds, not '$SOAK_S'" ;;
 esac
-[ "$RUN_TESTS$RUN_TRT${#BENCHES[@]}$RUN_REFERENCE$RUN_MODEL_SPEED" != 00000 ] || [ -n "$SOAK_S" ] \
-  || echo "gpu.sh: nothing asked for but the setup (--tests, --trt, --bench NAME, --soak S, --cpu-reference, --model-speed)"
+[ "$RUN_TESTS$RUN_TRT${#BENCHES[@]}$RUN_REFERENCE$RUN_LAYOUTS$RUN_MODEL_SPEED" != 000000 ] || [ -n "$SOAK_S" ] \
+  || echo "gpu.sh: nothing asked for but the setup (--tests, --trt, --bench, --soak, --cpu-reference, --cpu-layouts, --model-speed)"
 
 cd "$REPO" || exit 2
 [ -d "$TREE" ] || die_usage "--tree $TREE: no such folder (carry it)"
@@ -246,6 +252,7 @@ if [ "$DRY_RUN" = 1 ]; then
   [ "$RUN_TRT" = 1 ] && echo "trt       bash $TREE/trt_runtime/gpu_tests.sh"
   [ -n "$SOAK_S" ] && echo "soak      $SOAK_S s"
   [ "$RUN_REFERENCE" = 1 ] && echo "reference on $(nproc) CPUs"
+  [ "$RUN_LAYOUTS" = 1 ] && echo "cpu layouts on $(nproc) CPUs"
   [ "$RUN_MODEL_SPEED" = 1 ] && echo "model speed yolov5n-0.5, yolov5n-face"
   for b in "${BENCHES[@]}"; do echo "bench     $b ${SERVE_EXTRA[*]}"; done
   exit 0
@@ -409,6 +416,23 @@ run_reference() {  # --cpu-reference: the reference, then the CPU server with no
   return "$rc"
 }
 
+run_layouts() {  # --cpu-layouts: the CPU server's layouts, alternating with the automatic one
+  local entry layout c i=0 rc=0 home
+  home=$(mktemp -d)  # one home: the default model's dynamic rewrite is made once, by the first run
+  for entry in "16|" "16|--batch-workers 8 --intra-op-threads 2" "16|--batch-workers 4 --intra-op-threads 4" \
+    "16|--batch-workers 1 --intra-op-threads $(nproc)" "16|" "32|"; do
+    i=$((i + 1))
+    c=${entry%%|*}
+    layout=${entry#*|}
+    (cd "$TREE" && env -u FACEDET_MODEL FACEDET_HOME="$home" FACEDET_MODEL_DIR="$FACEDET_SHARED/models" \
+      timeout 240 python3 -m facedet_bench.reference --image "$IMG" --duration 8 --warmup 2 --skip-reference \
+      --concurrency "$c" --serve-args "--backend onnxruntime $layout" \
+      --json "$LOGS/layout-$i.json") > "$LOGS/layout-$i.log" 2>&1 || rc=1
+    grep -E "^facedet serve" "$LOGS/layout-$i.log" | result "layout $i [${layout:-automatic}]"
+  done
+  return "$rc"
+}
+
 run_model_speed() {  # --model-speed: model-only GPU time of both models
   local name model rc=0
   for name in yolov5n-0.5 yolov5n-face; do
@@ -554,6 +578,7 @@ main() {
   [ "$RUN_MODEL_SPEED" = 1 ] && step "model speed" run_model_speed
   [ -n "$SOAK_S" ] && step soak run_soak
   [ "$RUN_REFERENCE" = 1 ] && step "cpu reference" run_reference
+  [ "$RUN_LAYOUTS" = 1 ] && step "cpu layouts" run_layouts
   for b in "${BENCHES[@]}"; do
     run_config "$b"
   done

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("torch", reason="the torch backend needs PyTorch (make test installs a CPU build)")
 
-from facedet_server.runtime.torch_cuda import inductor_cache_dir  # noqa: E402
-from facedet_test_support import REPO, clean_env  # noqa: E402
+from facedet_server.runtime.torch_cuda import inductor_cache_dir
+from facedet_test_support import REPO, clean_env
 
 RESOLVE = """
 import sys
