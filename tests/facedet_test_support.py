@@ -71,6 +71,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(after: int = 4) -> int:
+    """A free port whose next `after` ports are free too: with --processes, front end i listens
+    on the port + 1 + i, and a port the kernel had handed to some connection as its local end
+    failed a front end's start (and a test) on the CI runner."""
+    for _ in range(100):
+        port = free_port()
+        if port + after > 65535:
+            continue
+        probes = []
+        try:
+            for offset in range(1, after + 1):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no run of {after + 1} free ports found on 127.0.0.1")
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test process's environment without any FACEDET_* setting (a developer's own
     FACEDET_LISTEN or `make test`'s FACEDET_MODEL_DIR must not leak into a server under test)."""
@@ -119,7 +142,7 @@ class Server:
         name: str = "server",
     ) -> None:
         self.args = list(args)
-        self.port = free_port() if tcp else None
+        self.port = free_port_run() if tcp else None
         # Unix socket paths are limited to ~107 bytes; pytest's tmp paths can be longer.
         self._sock_dir = Path(tempfile.mkdtemp(prefix="fdt-", dir="/tmp")) if unix else None
         self.socket_path = self._sock_dir / "facedet.sock" if self._sock_dir else None

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,9 +40,12 @@ from facedet_server.app.topology import (
     resolve,
 )
 from facedet_test_support import (
+    MODEL,
     Server,
     ServerFactory,
+    clean_env,
     detect_request,
+    facedet_command,
     free_port,
     health_status,
     image_bytes,
@@ -411,3 +418,29 @@ def test_an_engine_dying_past_its_restart_limit_stops_the_server(start_server: S
         "restarting in 1 s", "stopping the front ends (restart limit reached)"
     ]  # fmt: skip
     assert exited[1]["deaths_in_window"] == 2
+
+
+def test_a_front_end_that_cannot_listen_stops_the_server(tmp_path: Path) -> None:
+    """Front end 1's own port (--listen's + 2) is some connection's local port: that front end
+    cannot listen, and the server exits non-zero saying so, rather than serve on with half its
+    front ends and a published address that refuses calls."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.connect(listener.getsockname())
+    port = taken.getsockname()[1] - 2
+    log = tmp_path / "server.log"
+    with listener, taken, open(log, "wb") as out:
+        command = facedet_command("serve", "--listen", f"127.0.0.1:{port}", "--processes", "2")
+        command += ["--engine-process", "on", *LIGHT, "--log-format", "json"]
+        proc = subprocess.Popen(command, env=clean_env({"FACEDET_MODEL": str(MODEL)}), stdout=out, stderr=out)
+        try:
+            code = proc.wait(90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code != 0, text
+    assert f"cannot listen on 127.0.0.1:{port + 2}" in text, text
+    (exited,) = [json.loads(line) for line in text.splitlines() if '"frontend_exited"' in line]
+    assert exited["process"] == 1 and exited["code"] == code, exited

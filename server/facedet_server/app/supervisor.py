@@ -9,7 +9,9 @@ front ends meanwhile answer UNAVAILABLE and report NOT_SERVING, the other engine
 are untouched. An engine that dies more than --engine-restarts times within the window is a
 failure restarting cannot cure (a broken GPU, a model that no longer loads): the front ends are
 stopped and the exit status is the engine's (1 where it exited 0), so an orchestrator restarts
-the pod or pages someone."""
+the pod or pages someone. A front end that exits while the server is not stopping (its own
+port taken, a crash) stops the server the same way: its port is published in GetModelInfo, so
+running on without it would send callers to a refused address."""
 
 from __future__ import annotations
 
@@ -217,9 +219,25 @@ def _supervise(
 ) -> int | None:
     """Until every front end has exited, restarting engines that die. An engine past its
     restart limit stops the front ends (all of them: the server is then broken as a whole)
-    and its status is returned; None when the front ends exited on their own or by signal."""
+    and its status is returned; so does a front end that exits while the server is not
+    stopping (it could not listen, or it crashed): the server would otherwise run on with part
+    of its capacity and one published address refusing calls, while its health said SERVING.
+    None when the front ends exited by signal or on the way down."""
     while any(child.poll() is None for child in children):
         now = time.monotonic()
+        failed = next((c for c in children if c.poll() is not None), None) if not stopping else None
+        if failed is not None:
+            log.error(
+                "frontend_exited",
+                process=children.index(failed),
+                pid=failed.pid,
+                code=failed.returncode,
+                action="stopping the server (a front end cannot be restarted on its own)",
+            )
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            return failed.returncode or 1
         for engine in engines:
             if stopping:
                 break
