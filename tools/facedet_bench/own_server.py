@@ -49,10 +49,10 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_rss_mib(pid: int) -> float:
-    """The resident memory of `pid` and its descendants together (shared pages counted in each)."""
+def total_rss_mib(pids: list[int]) -> float:
+    """The resident memory of `pids` together (shared pages counted in each)."""
     total = 0.0
-    for member in process_tree(pid):
+    for member in pids:
         try:
             total += rss_mib(member)
         except (OSError, RuntimeError):
@@ -114,18 +114,17 @@ class OwnServer:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float | None = None) -> OwnServer:
-        timeout = self.start_timeout if timeout is None else timeout
+    def start(self) -> OwnServer:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}: {' '.join(self.command)}")
             if serving(self.target, 1.0):
                 return self
             time.sleep(0.1)
-        raise RuntimeError(f"the server did not report SERVING within {timeout} s")
+        raise RuntimeError(f"the server did not report SERVING within {self.start_timeout} s")
 
     def stop(self) -> int | None:
         if self.proc is None:

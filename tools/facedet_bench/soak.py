@@ -37,7 +37,7 @@ import numpy as np
 from facedet.v1 import face_detector_pb2 as pb
 from facedet.v1 import face_detector_pb2_grpc as pb_grpc
 
-from facedet_bench.own_server import OwnServer, process_tree, tree_rss_mib
+from facedet_bench.own_server import OwnServer, process_tree, total_rss_mib
 
 BAD_IMAGE = b"\x00 not an image"
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
@@ -228,8 +228,9 @@ def run(args: argparse.Namespace, target: str, pid: int | None) -> dict[str, obj
     processes = len(process_tree(pid)) if pid else None
 
     def sample(now: float) -> None:
-        rss = tree_rss_mib(pid) if pid else None
-        samples.append((now, rss, _gpu_mib(process_tree(pid)) if args.gpu and pid else None))
+        pids = process_tree(pid) if pid else []
+        rss = total_rss_mib(pids) if pids else None
+        samples.append((now, rss, _gpu_mib(pids) if args.gpu and pids else None))
 
     while (now := soak._now()) < args.duration:
         sample(now)
