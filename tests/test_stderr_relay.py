@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_bench.hostile import png_with_trailing_zlib
 from facedet_server.app.stderr_relay import EVENT, as_log_line
-from facedet_test_support import ServerFactory, wait_for
+from facedet_test_support import MODEL, REPO, ServerFactory, clean_env, free_port, wait_for
 
 NOW = datetime(2026, 12, 2, 15, 0, 0, 123456, tzinfo=UTC)
 
@@ -64,3 +67,56 @@ def test_the_whole_log_is_written_when_the_server_has_exited(start_server: Serve
     assert server.stop() == 0
     records = server.log_records()
     assert records[-1]["event"] == "stopped", records[-3:]
+
+
+# Run as `python -c`: a library's logging handler made the way torch makes its own (a
+# StreamHandler on sys.stderr, not propagating), a warning and a plain print, all written by
+# the first process once it serves; then `facedet serve` itself.
+LIBRARY_WRITES = """
+import logging, sys, threading, warnings
+library = logging.getLogger("library")
+library.propagate = False
+library.addHandler(logging.StreamHandler())
+def write():
+    library.warning("W1203 library warning from a handler of its own")
+    warnings.warn("a Python warning")
+    print("a plain line on sys.stderr", file=sys.stderr)
+threading.Timer(3.0, write).start()
+from facedet.cli import main
+sys.exit(main())
+"""
+
+
+def test_python_level_writes_of_the_first_process_reach_the_log_as_json(tmp_path: Path) -> None:
+    """torch's compile warnings come through its own handler on sys.stderr: in a one-process
+    server (no relay in between, as for a front end or an engine) they were plain lines."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-c", LIBRARY_WRITES, "serve", "--model", str(MODEL)]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*command, "--listen", f"127.0.0.1:{port}", "--log-format", "json"],
+            stderr=sink,
+            env=clean_env(),
+            cwd=REPO,
+        )
+    try:
+
+        def lines() -> list[str]:
+            return [line for line in log.read_text().splitlines() if line.strip()]
+
+        wait_for(lambda: any("a plain line" in line for line in lines()), 60, "the writes in the log")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    records = []
+    for line in lines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise AssertionError(f"not JSON: {line!r}") from None
+    relayed = " ".join(r["line"] for r in records if r.get("event") == EVENT)
+    for text in ("W1203 library warning", "a Python warning", "a plain line on sys.stderr"):
+        assert text in relayed, records
+    assert [r["event"] for r in records if r["event"] in ("serving", "stopped")] == ["serving", "stopped"]

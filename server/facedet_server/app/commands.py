@@ -25,9 +25,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"facedet serve: {exc}", file=sys.stderr)
         return 2
+    # Our own log lines and start-up errors: the real stderr. In JSON mode everything else on
+    # fd 2 (native libraries, other Python code: torch's warnings) is relayed as JSON records.
+    errors = sys.stderr
     if resolved_format(server_config.log_format) == "json":
-        stderr_relay.start()  # native libraries' lines on fd 2 become JSON too
-    configure_logging(server_config.log_format, server_config.log_level)
+        errors = stderr_relay.start() or sys.stderr
+    configure_logging(server_config.log_format, server_config.log_level, errors)
     if server_config.role != "server" or "FACEDET_PROCESS_INDEX" in os.environ:
         # Several processes write one log: every line says which one wrote it.
         structlog.contextvars.bind_contextvars(
@@ -40,12 +43,12 @@ def _serve(args: argparse.Namespace) -> int:
         try:  # --processes auto, the front ends' own addresses, the GPUs of --devices
             server_config, gpus = topology.resolve_for_host(server_config)
         except ValueError as exc:
-            print(f"facedet serve: {exc}", file=sys.stderr)
+            print(f"facedet serve: {exc}", file=errors)
             return 2
     if config.supervises(server_config):
         from facedet_server.app import supervisor
 
-        return supervisor.run(server_config, sys.argv[1:], gpus)
+        return supervisor.run(server_config, sys.argv[1:], gpus, errors)
     if server_config.role == "engine":
         from facedet_server.app.engine_process import run_engine
 
@@ -53,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
             run_engine(server_config)
         # OSError: the socket cannot be created; StartupError: FACEDET_FAULT_INJECTION set wrong
         except (ModelFileError, OSError, StartupError) as exc:
-            print(f"facedet serve --role engine: {exc}", file=sys.stderr)
+            print(f"facedet serve --role engine: {exc}", file=errors)
             return 1
         return 0
     try:
@@ -65,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(server_config))
     except (ModelFileError, StartupError) as exc:
-        print(f"facedet serve: {exc}", file=sys.stderr)
+        print(f"facedet serve: {exc}", file=errors)
         return 1
     return 0
 

@@ -3,8 +3,11 @@ write to file descriptor 2 themselves (libpng's warnings, gRPC core's and ONNX R
 messages, a C++ `terminate called ...`), and a log pipeline that parses each line as JSON would
 choke on those; so the server's fd 2 becomes a pipe, and a relay process reads it and writes
 each line to the real stderr: log lines of ours unchanged (a front end's or an engine's, which
-inherit fd 2), anything else as a record `{"event": "stderr_line", "line": ...}`. The first
-process's own sys.stderr keeps the real stderr, so its start-up errors stay lines for a person.
+inherit fd 2), anything else as a record `{"event": "stderr_line", "line": ...}`. Python-level
+writes go the same way: sys.stderr stays on fd 2, so a library's own logging handler (torch's
+compile warnings, made at its import with the sys.stderr of the time), `warnings` and a traceback
+are relayed too. Only the first process's own log lines and its start-up errors, written to the
+stream `start` returns, go to the real stderr directly: the errors stay lines for a person.
 
 A process, not a thread: what a dying server writes last (an abort message) must still reach
 the log, and the relay reads the pipe to its end, which comes only once every process writing
@@ -24,7 +27,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 EVENT = "stderr_line"
 # Set for the processes whose fd 2 already goes through a relay (inherited by a server's front
@@ -56,11 +59,12 @@ def relay(lines: Iterable[bytes], sink: BinaryIO) -> None:
             sink.flush()
 
 
-def start() -> bool:
-    """Route this process's fd 2 (and so its children's) through a relay. False, changing
-    nothing, where one is already in place or it cannot be started."""
+def start() -> TextIO | None:
+    """Route this process's fd 2 (and so its children's) through a relay, and return a stream
+    on the real stderr for what this process itself writes as log lines or for a person. None,
+    changing nothing, where one is already in place or it cannot be started."""
     if os.environ.get(RELAYED_ENV):
-        return False
+        return None
     read_end, write_end = os.pipe()
     # The relay holds `done`'s write end until it exits: its end of file tells this process,
     # at exit, that every line has reached the real stderr.
@@ -82,22 +86,21 @@ def start() -> bool:
     if not started:
         os.close(write_end)
         os.close(done_read)
-        return False
+        return None
     sys.stderr.flush()
-    # This process's own Python-level writes (its log lines, a start-up error for a person to
-    # read, a traceback) keep the real stderr; only what bypasses sys.stderr takes the relay.
     real = os.dup(2)
-    os.dup2(write_end, 2)
+    os.dup2(write_end, 2)  # sys.stderr, and every handler holding it, now writes to the relay
     os.close(write_end)
-    sys.stderr = open(real, "w", buffering=1, errors="backslashreplace")  # noqa: SIM115 - for the process's life
+    direct = open(real, "w", buffering=1, errors="backslashreplace")  # noqa: SIM115 - for the process's life
     os.environ[RELAYED_ENV] = "1"
-    atexit.register(_drain, done_read)
-    return True
+    atexit.register(_drain, done_read, direct)
+    return direct
 
 
-def _drain(done_read: int, timeout: float = 5.0) -> None:
+def _drain(done_read: int, direct: TextIO, timeout: float = 5.0) -> None:
     """At exit: let go of the pipe and wait until the relay has written what it holds, so
     that whoever waited for this process finds the whole log written."""
+    direct.flush()
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -77,20 +78,24 @@ class _Engine:
     restart_at: float | None = None
 
 
-def run(config: ServerConfig, argv: Sequence[str], gpus: Sequence[str] = ()) -> int:
+def run(
+    config: ServerConfig, argv: Sequence[str], gpus: Sequence[str] = (), errors: TextIO | None = None
+) -> int:
     """`argv` is this command's own arguments; each child gets them plus its role's flags (the
-    last occurrence of a flag wins). `gpus`: the CUDA devices that get engines (`topology`)."""
+    last occurrence of a flag wins). `gpus`: the CUDA devices that get engines (`topology`).
+    `errors`: where a start-up error is written for a person (default sys.stderr)."""
+    errors = errors or sys.stderr
     use_engine, reason = wants_engine(config, bool(gpus))
     if config.engines > 1 and not use_engine:
         print(
             f"facedet serve: --engines {config.engines} needs engine processes, and there are none: {reason}",
-            file=sys.stderr,
+            file=errors,
         )
         return 2
     if len(gpus) > 1 and not use_engine:
         print(
             f"facedet serve: {len(gpus)} GPUs need engine processes, and there are none: {reason}",
-            file=sys.stderr,
+            file=errors,
         )
         return 2
     base = [sys.executable, "-m", "facedet.cli", *argv, "--processes", "1", "--engines", "1"]
@@ -110,7 +115,7 @@ def run(config: ServerConfig, argv: Sequence[str], gpus: Sequence[str] = ()) -> 
             exporter = metrics.start_exporter(config.metrics_listen, registry)
         except (OSError, ValueError) as exc:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-            print(f"facedet serve: cannot serve metrics on {config.metrics_listen}: {exc}", file=sys.stderr)
+            print(f"facedet serve: cannot serve metrics on {config.metrics_listen}: {exc}", file=errors)
             return 1
         base += ["--metrics-listen", ""]
     socket_dir = Path(tempfile.mkdtemp(prefix="facedet-engine-")) if use_engine else None  # mode 0700
