@@ -105,7 +105,11 @@ def test_python_level_writes_of_the_first_process_reach_the_log_as_json(tmp_path
         def lines() -> list[str]:
             return [line for line in log.read_text().splitlines() if line.strip()]
 
-        wait_for(lambda: any("a plain line" in line for line in lines()), 60, "the writes in the log")
+        def written() -> bool:
+            text = log.read_text()
+            return "a plain line" in text and '"serving"' in text
+
+        wait_for(written, 60, "the writes and serving in the log")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
