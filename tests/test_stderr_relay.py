@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from facedet.v1 import face_detector_pb2 as pb
 from facedet_bench.hostile import png_with_trailing_zlib
 from facedet_server.app.stderr_relay import EVENT, as_log_line
-from facedet_test_support import MODEL, REPO, ServerFactory, clean_env, free_port, wait_for
+from facedet_test_support import Server, ServerFactory, wait_for
 
 NOW = datetime(2026, 12, 2, 15, 0, 0, 123456, tzinfo=UTC)
 
@@ -87,39 +86,20 @@ sys.exit(main())
 """
 
 
+class LibraryWritingServer(Server):
+    """`facedet serve` run through LIBRARY_WRITES (facedet_command is `python -m facedet.cli`)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", LIBRARY_WRITES, *super().command()[3:]]
+
+
 def test_python_level_writes_of_the_first_process_reach_the_log_as_json(tmp_path: Path) -> None:
     """torch's compile warnings come through its own handler on sys.stderr: in a one-process
     server (no relay in between, as for a front end or an engine) they were plain lines."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    command = [sys.executable, "-c", LIBRARY_WRITES, "serve", "--model", str(MODEL)]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*command, "--listen", f"127.0.0.1:{port}", "--log-format", "json"],
-            stderr=sink,
-            env=clean_env(),
-            cwd=REPO,
-        )
-    try:
-
-        def lines() -> list[str]:
-            return [line for line in log.read_text().splitlines() if line.strip()]
-
-        def written() -> bool:
-            text = log.read_text()
-            return "a plain line" in text and '"serving"' in text
-
-        wait_for(written, 60, "the writes and serving in the log")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        proc.kill()
-    records = []
-    for line in lines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise AssertionError(f"not JSON: {line!r}") from None
+    with LibraryWritingServer(tmp_path, "--log-format", "json", unix=False) as server:
+        wait_for(lambda: "a plain line" in server.log_text(), 60, "the writes in the log")
+        assert server.stop() == 0
+    records = server.log_records()  # every line JSON, or this fails
     relayed = " ".join(r["line"] for r in records if r.get("event") == EVENT)
     for text in ("W1203 library warning", "a Python warning", "a plain line on sys.stderr"):
         assert text in relayed, records
